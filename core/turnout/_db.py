@@ -1,0 +1,169 @@
+"""Engines, transactions and schema checks for the registry database.
+
+SQLite (the default) runs in WAL mode with a busy timeout, and every write transaction starts
+with ``BEGIN IMMEDIATE`` so that two writers queue on the busy timeout instead of failing with
+"database is locked" when one upgrades a read lock. PostgreSQL runs through psycopg 3. Errors
+from the driver are translated here into :mod:`turnout.errors`, never leaked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from turnout.errors import DatabaseNotMigratedError, RegistryUnavailableError
+
+DEFAULT_DATABASE_URL = "sqlite:///registry.db"
+DATABASE_URL_ENV = "TURNOUT_DATABASE_URL"
+
+SCHEMA_HEAD = "0001"
+"""The newest migration this code needs; a test keeps it equal to Alembic's head."""
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = {"turnout_read_only": True}
+"""Execution options for a connection that only reads: on SQLite it begins DEFERRED."""
+
+
+def database_url(value: str | None = None) -> URL:
+    """Turn ``--db`` / ``TURNOUT_DATABASE_URL`` into a SQLAlchemy URL.
+
+    A value with ``://`` is a URL (``postgresql://`` means psycopg 3); anything else is the path
+    of a SQLite file. ``None`` falls back to the environment variable, then ``registry.db``.
+    """
+    text = value or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+    if "://" not in text:
+        return URL.create("sqlite", database=str(Path(text).expanduser()))
+    url = make_url(text)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def display_url(url: URL) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    return url.render_as_string(hide_password=True)
+
+
+def create_engine(url: URL) -> Engine:
+    """Create an engine with turnout's settings for the URL's database."""
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Hand transaction control to SQLAlchemy's "begin" event instead of pysqlite's own
+    # implicit BEGIN, which is always DEFERRED.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable against a crash of the process in WAL mode; only a power loss
+        # can drop the last commits, and releasers are idempotent per key by contract.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    read_only = conn.get_execution_options().get("turnout_read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+@contextlib.contextmanager
+def translate_errors(url: URL) -> Iterator[None]:
+    """Turn driver errors into turnout errors that say which database failed and why."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        message = str(exc.orig) if exc.orig is not None else str(exc)
+        if "no such table" in message or "does not exist" in message:
+            raise DatabaseNotMigratedError(display_url(url), None, SCHEMA_HEAD) from exc
+        raise RegistryUnavailableError(
+            f"registry {display_url(url)} is unavailable: {message.strip()}"
+        ) from exc
+    except sa.exc.ProgrammingError as exc:
+        message = str(exc.orig) if exc.orig is not None else str(exc)
+        if "does not exist" in message:
+            raise DatabaseNotMigratedError(display_url(url), None, SCHEMA_HEAD) from exc
+        raise RegistryUnavailableError(
+            f"registry {display_url(url)} refused a query: {message.strip()}"
+        ) from exc
+    except sa.exc.DBAPIError as exc:
+        raise RegistryUnavailableError(
+            f"registry {display_url(url)} failed: {str(exc.orig).strip()}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def reader(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads only (on SQLite its transactions begin DEFERRED)."""
+    with translate_errors(engine.url), engine.connect() as conn:
+        yield conn.execution_options(**READ_ONLY)
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The Alembic revision the database is at, or ``None`` when it was never migrated."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse to work on a database that is not at :data:`SCHEMA_HEAD`.
+
+    Raises:
+        DatabaseNotMigratedError: The database lags (or is ahead of) the code.
+    """
+    with reader(engine) as conn:
+        current = current_revision(conn)
+    if current != SCHEMA_HEAD:
+        raise DatabaseNotMigratedError(display_url(engine.url), current, SCHEMA_HEAD)
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "turnout:migrations")
+    config.attributes["connection"] = conn
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Apply the migrations shipped in the package; return the revisions before and after."""
+    from alembic import command
+
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    with translate_errors(engine.url), engine.begin() as conn:
+        before = current_revision(conn)
+        command.upgrade(_alembic_config(conn), revision)
+        after = current_revision(conn)
+    return before, after
+
+
+def alembic_head() -> str:
+    """Alembic's head revision for the shipped migrations (imports Alembic: not for hot paths)."""
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config(None)  # type: ignore[arg-type]
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None  # noqa: S101 - the package always ships migrations
+    return head

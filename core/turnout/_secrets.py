@@ -1,0 +1,66 @@
+"""Secret references in target config: ``env:NAME`` and ``file:/path``.
+
+A reference is stored as written and resolved only just before a plugin is called; the resolved
+value lives in memory for that call and is redacted from anything turnout records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from turnout.errors import SecretNotFoundError
+
+REDACTED = "***"
+_PREFIXES = ("env:", "file:")
+
+
+def is_reference(value: object) -> bool:
+    """Whether a config value is a secret reference."""
+    return isinstance(value, str) and value.startswith(_PREFIXES)
+
+
+def resolve(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Resolve every top-level reference in ``config``.
+
+    Returns:
+        The resolved config and the list of secret values it now holds (for redaction).
+
+    Raises:
+        SecretNotFoundError: A referenced variable is unset or a file cannot be read.
+    """
+    resolved: dict[str, Any] = {}
+    secrets: list[str] = []
+    for field, value in config.items():
+        if is_reference(value):
+            secret = _read(field, value)
+            secrets.append(secret)
+            resolved[field] = secret
+        else:
+            resolved[field] = value
+    return resolved, secrets
+
+
+def _read(field: str, reference: str) -> str:
+    kind, _, name = reference.partition(":")
+    if not name:
+        raise SecretNotFoundError(field, reference, "names nothing")
+    if kind == "env":
+        value = os.environ.get(name)
+        if value is None:
+            raise SecretNotFoundError(field, reference, f"is unset; export {name} for turnout")
+        return value
+    try:
+        return Path(name).read_text(encoding="utf-8").rstrip("\n")
+    except OSError as exc:
+        raise SecretNotFoundError(field, reference, f"cannot be read ({exc.strerror})") from None
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of each secret value in ``text``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text

@@ -1,0 +1,488 @@
+"""The ``turnout`` command line: a thin layer over :mod:`turnout.runtime`.
+
+Data goes to stdout (a table, or JSON with ``--json``); messages go to stderr. Every
+:class:`~turnout.errors.TurnoutError` becomes its message on stderr and its exit code. Heavy
+modules (the database stack, rich) are imported inside commands so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from turnout import __version__
+from turnout.errors import EXIT_USAGE, ConfigurationError, TurnoutError, UsageError
+
+if TYPE_CHECKING:
+    from turnout.registry import TargetSpec
+    from turnout.releases import ReleaseRecord
+    from turnout.runtime import Turnout
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0   success
+  1   the release failed permanently (recorded)
+  2   usage error: bad option, malformed ref, key or context
+  65  the idempotency key was used for a different request; nothing ran
+  75  temporary failure: failed transiently after retries, still in progress
+      elsewhere, or the database is unreachable; retry later with the same key
+  78  configuration error: unknown target, plugin version not installed or not
+      loadable, config rejected, database not migrated
+"""
+
+
+class _Group(click.Group):
+    """A group that turns turnout's errors into a message and the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TurnoutError as exc:
+            _say(f"error: {exc}", style="red")
+            ctx.exit(exc.exit_code)
+
+
+def _say(message: str, *, style: str | None = None) -> None:
+    """A message for the person at the terminal, on stderr."""
+    if style and sys.stderr.isatty():
+        click.secho(message, fg=style, err=True)
+    else:
+        click.echo(message, err=True)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    Console(soft_wrap=False).print(table)
+
+
+def _handle(ctx: click.Context) -> Turnout:
+    """The :class:`Turnout` for ``--db``, made on first use."""
+    from turnout.runtime import Turnout
+
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "turnout" not in obj:
+        obj["turnout"] = Turnout(obj.get("db"))
+        ctx.call_on_close(obj["turnout"].close)
+    handle: Turnout = obj["turnout"]
+    return handle
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@click.group(
+    cls=_Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--db",
+    metavar="URL-OR-PATH",
+    envvar="TURNOUT_DATABASE_URL",
+    help="Registry database: a SQLAlchemy URL (sqlite:///…, postgresql://…) or a SQLite file "
+    "path. Default: $TURNOUT_DATABASE_URL, else sqlite:///registry.db.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="warning",
+    show_default=True,
+    help="How much turnout logs to stderr.",
+)
+@click.version_option(__version__, prog_name="turnout")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, log_level: str) -> None:
+    """Send every release to the releaser version its operators chose.
+
+    A registry maps each release target to an exact plugin version (plugin@version); turnout
+    runs exactly that version, retries only transient errors, never releases twice for one
+    idempotency key, and records every release.
+    """
+    ctx.ensure_object(dict)["db"] = db
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
+# db ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Create and migrate the registry database."""
+
+
+@db.command("upgrade")
+@json_option
+@click.pass_context
+def db_upgrade(ctx: click.Context, as_json: bool) -> None:
+    """Apply the migrations shipped with turnout (creates the database if needed)."""
+    registry = _handle(ctx).registry
+    before, after = registry.upgrade()
+    if as_json:
+        _print_json({"database": registry.display_url, "before": before, "after": after})
+    elif before == after:
+        _say(f"registry {registry.display_url} is up to date (revision {after})")
+    else:
+        _say(f"registry {registry.display_url} upgraded from {before or 'empty'} to {after}")
+
+
+# target ------------------------------------------------------------------------------------
+
+
+def _parse_config(pairs: Sequence[str], config_file: Path | None) -> dict[str, Any] | None:
+    if not pairs and config_file is None:
+        return None
+    config: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            text = config_file.read_text(encoding="utf-8")
+            loaded = tomllib.loads(text) if config_file.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read config file {config_file}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"config file {config_file} must hold an object/table")
+        config.update(loaded)
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--config expects key=value, got {pair!r}")
+        try:
+            config[key] = json.loads(raw)
+        except ValueError:
+            config[key] = raw
+    return config
+
+
+def _target_dict(target: TargetSpec) -> dict[str, Any]:
+    return {
+        "name": target.name,
+        "plugin": str(target.plugin_ref),
+        "config": target.config,
+        "max_attempts": target.max_attempts,
+        "timeout": target.timeout,
+        "revision": target.revision,
+    }
+
+
+@cli.group()
+def target() -> None:
+    """Release targets: which plugin version serves each, with what config and policy."""
+
+
+@target.command("set")
+@click.argument("name")
+@click.argument("plugin_ref", metavar="PLUGIN@VERSION")
+@click.option(
+    "--config",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A config value (repeatable). VALUE is read as JSON when it parses (3, true, "
+    '["a"]), else as a string. Secrets as references: env:NAME or file:/path.',
+)
+@click.option(
+    "--config-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Config as a JSON object, or a TOML table for *.toml; --config values override it.",
+)
+@click.option("--timeout", type=float, help="Seconds one attempt may take (default 60).")
+@click.option("--max-attempts", type=int, help="Attempts for transient errors (default 3).")
+@click.option("--reason", default="", help="Why; kept in the target's history.")
+@click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+@json_option
+@click.pass_context
+def target_set(
+    ctx: click.Context,
+    name: str,
+    plugin_ref: str,
+    pairs: tuple[str, ...],
+    config_file: Path | None,
+    timeout: float | None,
+    max_attempts: int | None,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Create target NAME or point it at PLUGIN@VERSION (an exact pin such as directory@1.0.0).
+
+    Refused, with the target left as it was, when the version is not installed or the plugin
+    rejects the config. Options not given keep the target's current values.
+    """
+    change = _handle(ctx).set_target(
+        name,
+        plugin_ref,
+        config=_parse_config(pairs, config_file),
+        max_attempts=max_attempts,
+        timeout=timeout,
+        actor=actor,
+        reason=reason,
+    )
+    now = change.target
+    if as_json:
+        _print_json({**_target_dict(now), "changed": change.changed})
+    elif not change.changed:
+        _say(
+            f"target {name!r} already points to {now.plugin_ref} with that config; nothing changed"
+        )
+    elif change.before is None:
+        _say(f"target {name!r} created: {now.plugin_ref} (revision {now.revision})")
+    else:
+        was = change.before.plugin_ref
+        moved = f"{was} -> {now.plugin_ref}" if was != now.plugin_ref else str(now.plugin_ref)
+        _say(f"target {name!r} updated: {moved} (revision {now.revision})")
+
+
+@target.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def target_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one target."""
+    spec = _handle(ctx).registry.get_target(name)
+    if as_json:
+        _print_json(_target_dict(spec))
+        return
+    rows = [
+        (key, json.dumps(value) if key == "config" else value)
+        for key, value in _target_dict(spec).items()
+    ]
+    _print_table(None, ["field", "value"], rows)
+
+
+@target.command("list")
+@json_option
+@click.pass_context
+def target_list(ctx: click.Context, as_json: bool) -> None:
+    """List every target."""
+    targets = _handle(ctx).registry.list_targets()
+    if as_json:
+        _print_json([_target_dict(t) for t in targets])
+        return
+    _print_table(
+        "targets",
+        ["name", "plugin", "max attempts", "timeout", "revision"],
+        [(t.name, t.plugin_ref, t.max_attempts, t.timeout, t.revision) for t in targets],
+    )
+
+
+@target.command("remove")
+@click.argument("name")
+@click.option("--reason", default="", help="Why; kept in the target's history.")
+@click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+@json_option
+@click.pass_context
+def target_remove(
+    ctx: click.Context, name: str, reason: str, actor: str | None, as_json: bool
+) -> None:
+    """Remove a target. Its history and its releases are kept."""
+    from turnout.runtime import default_actor
+
+    spec = _handle(ctx).registry.remove_target(name, actor=actor or default_actor(), reason=reason)
+    if as_json:
+        _print_json({"removed": _target_dict(spec)})
+    else:
+        _say(f"target {name!r} removed (it pointed to {spec.plugin_ref})")
+
+
+# plugin ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def plugin() -> None:
+    """Releaser plugins turnout can run."""
+
+
+@plugin.command("list")
+@json_option
+@click.pass_context
+def plugin_list(ctx: click.Context, as_json: bool) -> None:
+    """List releasers installed in turnout's own environment, and the targets using each."""
+    from turnout import environment
+
+    found = environment.scan()
+    users: dict[str, list[str]] | None
+    try:
+        users = _handle(ctx).registry.targets_by_plugin()
+    except (ConfigurationError, ConnectionError) as exc:
+        users = None
+        _say(f"note: targets not shown: {exc}")
+    rows = [
+        {
+            "plugin": p.plugin_id,
+            "version": p.version,
+            "distribution": p.distribution,
+            "source": environment.SOURCE,
+            "entry_point": p.entry_point,
+            "targets": None if users is None else users.get(str(p.ref), []),
+        }
+        for p in found
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    _print_table(
+        "plugins",
+        ["plugin", "version", "distribution", "source", "targets"],
+        [
+            (
+                r["plugin"],
+                r["version"],
+                r["distribution"],
+                r["source"],
+                ", ".join(r["targets"] or []),
+            )
+            for r in rows
+        ],
+    )
+
+
+# release -----------------------------------------------------------------------------------
+
+
+def _parse_context(pairs: Sequence[str]) -> dict[str, str]:
+    context: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--context expects key=value, got {pair!r}")
+        context[key] = value
+    return context
+
+
+def _print_release(record: ReleaseRecord, as_json: bool) -> None:
+    if as_json:
+        _print_json(record.to_dict())
+        return
+    rows: list[tuple[str, Any]] = [
+        ("release", record.id),
+        ("target", record.target),
+        ("plugin", record.plugin_ref),
+        ("key", record.idempotency_key),
+        ("artifact", record.artifact),
+        ("context", json.dumps(record.context) if record.context else ""),
+        ("status", record.status.value),
+        ("attempts", record.attempts),
+        ("started", record.started_at.isoformat(timespec="seconds")),
+        ("duration", f"{record.duration:.3f}s" if record.duration is not None else ""),
+    ]
+    if record.result is not None:
+        rows.append(("result", json.dumps(record.result, sort_keys=True)))
+    if record.error:
+        rows.append(("error", record.error))
+    _print_table(None, ["field", "value"], rows)
+
+
+@cli.command("release")
+@click.argument("target_name", metavar="TARGET")
+@click.argument("artifact")
+@click.option("--key", required=True, help="Idempotency key: the same key never releases twice.")
+@click.option(
+    "--context",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Request attribute (repeatable): customer, plan, project, channel, …",
+)
+@json_option
+@click.pass_context
+def release_command(
+    ctx: click.Context,
+    target_name: str,
+    artifact: str,
+    key: str,
+    pairs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Release ARTIFACT (a path or URL) to TARGET with the plugin version its row names.
+
+    Transient errors are retried with the same key; a second call with the same key and the
+    same request prints the recorded outcome and runs nothing.
+    """
+    from turnout.errors import ReleaseFailedError
+
+    try:
+        record = _handle(ctx).release(target_name, artifact, key=key, context=_parse_context(pairs))
+    except ReleaseFailedError as exc:
+        _print_release(exc.release, as_json)
+        raise
+    if record.reused:
+        _say(f"key {key!r} was released before (release {record.id}); nothing ran")
+    _print_release(record, as_json)
+
+
+# releases ----------------------------------------------------------------------------------
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--target", "target_name", help="Only releases to this target.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="How many, newest first.",
+)
+@json_option
+@click.pass_context
+def releases(ctx: click.Context, target_name: str | None, limit: int, as_json: bool) -> None:
+    """List recorded releases, newest first (see also: releases show ID)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    handle = _handle(ctx)
+    handle.registry.ensure_schema()
+    records = handle.ledger.recent(target=target_name, limit=limit)
+    if as_json:
+        _print_json([r.to_dict() for r in records])
+        return
+    _print_table(
+        "releases",
+        ["release", "target", "plugin", "key", "status", "attempts", "started"],
+        [
+            (
+                r.id,
+                r.target,
+                r.plugin_ref,
+                r.idempotency_key,
+                r.status.value,
+                r.attempts,
+                r.started_at.isoformat(timespec="seconds"),
+            )
+            for r in records
+        ],
+    )
+
+
+@releases.command("show")
+@click.argument("release_id")
+@json_option
+@click.pass_context
+def releases_show(ctx: click.Context, release_id: str, as_json: bool) -> None:
+    """Show one release: request, outcome, result or error."""
+    handle = _handle(ctx)
+    handle.registry.ensure_schema()
+    record = handle.ledger.get(release_id)
+    if record is None:
+        _say(f"error: no release {release_id!r}; list them with: turnout releases")
+        ctx.exit(EXIT_USAGE)
+    assert record is not None  # noqa: S101 - ctx.exit does not return
+    _print_release(record, as_json)
+
+
+def main(argv: Sequence[str] | None = None) -> Callable[..., Any] | None:
+    """Entry point of the ``turnout`` script."""
+    return cli.main(args=argv, prog_name="turnout")

@@ -1,0 +1,191 @@
+"""Every error turnout raises, and the exit code each one maps to.
+
+One root, :class:`TurnoutError`. Each subclass also inherits the nearest built-in, carries the
+facts as attributes and maps to exactly one CLI exit code (``exit_code``)::
+
+    TurnoutError (Exception)                          1
+    ├── UsageError (ValueError)                       2  bad input from the caller
+    │   ├── InvalidPluginRefError                     2  not an exact `id@version` pin
+    │   └── InvalidKeyError                           2  malformed idempotency key
+    ├── ConfigurationError                           78  the setup is wrong
+    │   ├── UnknownTargetError (LookupError)         78
+    │   ├── PluginNotInstalledError (LookupError)    78  that version is not installed
+    │   ├── PluginLoadError (ImportError)            78  the plugin's code failed to import
+    │   ├── ConfigRejectedError (ValueError)         78  the plugin refused the config
+    │   ├── SecretNotFoundError (LookupError)        78  an `env:` / `file:` reference failed
+    │   └── DatabaseNotMigratedError                 78
+    ├── RegistryUnavailableError (ConnectionError)   75  the database cannot be reached
+    ├── KeyMismatchError                             65  same key, different request
+    ├── ReleaseInProgressError                       75  same key, still running elsewhere
+    └── ReleaseFailedError                            1  the releaser failed permanently
+        └── TransientReleaseError                    75  failed transiently, retries spent
+
+Exit codes follow ``sysexits.h``: 65 data error, 75 temporary failure (a job runner should retry
+later), 78 configuration error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from turnout.releases import ReleaseRecord
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DATAERR = 65
+EXIT_TEMPFAIL = 75
+EXIT_CONFIG = 78
+
+
+class TurnoutError(Exception):
+    """The root of every error turnout raises on purpose."""
+
+    exit_code: ClassVar[int] = EXIT_FAILED
+
+
+class UsageError(TurnoutError, ValueError):
+    """The caller passed something malformed; fix the call."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidPluginRefError(UsageError):
+    """A plugin ref is not an exact pin such as ``webhook@2.0.1``."""
+
+    def __init__(self, ref: str, reason: str) -> None:
+        self.ref = ref
+        super().__init__(
+            f"invalid plugin ref {ref!r}: {reason}; write an exact pin such as 'webhook@2.0.1'"
+        )
+
+
+class InvalidKeyError(UsageError):
+    """An idempotency key is empty, too long or holds characters outside the allowed set."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid idempotency key: {reason}")
+
+
+class ConfigurationError(TurnoutError):
+    """The registry or the installed plugins are set up wrong; retrying will not help."""
+
+    exit_code = EXIT_CONFIG
+
+
+class UnknownTargetError(ConfigurationError, LookupError):
+    """No target of that name exists in the registry."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        super().__init__(
+            f"unknown target {target!r}; list targets with: turnout target list, "
+            f"or create it with: turnout target set {target} PLUGIN@VERSION"
+        )
+
+
+class PluginNotInstalledError(ConfigurationError, LookupError):
+    """The exact plugin version a target names cannot be found."""
+
+    def __init__(self, plugin_ref: str, detail: str, fix: str) -> None:
+        self.plugin_ref = plugin_ref
+        super().__init__(f"{detail}; {fix}")
+
+
+class PluginLoadError(ConfigurationError, ImportError):
+    """The plugin's entry point could not be loaded (import error, missing dependency)."""
+
+    def __init__(self, plugin_ref: str, distribution: str, reason: str) -> None:
+        self.plugin_ref = plugin_ref
+        self.distribution = distribution
+        super().__init__(
+            f"plugin {plugin_ref} (distribution {distribution}) failed to load: {reason}"
+        )
+
+
+class ConfigRejectedError(ConfigurationError, ValueError):
+    """A plugin's ``turnout_validate_config`` refused a target's configuration."""
+
+    def __init__(self, plugin_ref: str, reason: str, target: str | None = None) -> None:
+        self.plugin_ref = plugin_ref
+        self.target = target
+        where = f"target {target!r}: " if target else ""
+        super().__init__(f"{where}{plugin_ref} rejected the config: {reason}")
+
+
+class SecretNotFoundError(ConfigurationError, LookupError):
+    """A config value references a secret (``env:NAME``, ``file:PATH``) that cannot be read."""
+
+    def __init__(self, field: str, reference: str, reason: str) -> None:
+        self.field = field
+        self.reference = reference
+        super().__init__(f"config {field!r}: secret reference {reference!r} {reason}")
+
+
+class DatabaseNotMigratedError(ConfigurationError):
+    """The registry database is missing tables or lags behind the code's migrations."""
+
+    def __init__(self, url: str, current: str | None, head: str) -> None:
+        self.url = url
+        self.current = current
+        self.head = head
+        at = f"at revision {current}" if current else "not initialised"
+        super().__init__(
+            f"registry {url} is {at}, this turnout needs {head}; run: turnout db upgrade"
+        )
+
+
+class RegistryUnavailableError(TurnoutError, ConnectionError):
+    """The registry database could not be reached or written."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class KeyMismatchError(TurnoutError):
+    """An idempotency key was reused for a different request; nothing ran."""
+
+    exit_code = EXIT_DATAERR
+
+    def __init__(self, target: str, key: str, release_id: str, differs: list[str]) -> None:
+        self.target = target
+        self.key = key
+        self.release_id = release_id
+        self.differs = differs
+        super().__init__(
+            f"idempotency key {key!r} on target {target!r} was used by release {release_id} "
+            f"for a different request ({', '.join(differs)} differ); nothing ran. "
+            "Use a new key for a new release."
+        )
+
+
+class ReleaseInProgressError(TurnoutError):
+    """Another caller holds the claim on this key and is still running it; nothing ran."""
+
+    exit_code = EXIT_TEMPFAIL
+
+    def __init__(self, target: str, key: str, release_id: str) -> None:
+        self.target = target
+        self.key = key
+        self.release_id = release_id
+        super().__init__(
+            f"release {release_id} (target {target!r}, key {key!r}) is still in progress "
+            "elsewhere; nothing ran. Ask again later for its outcome."
+        )
+
+
+class ReleaseFailedError(TurnoutError):
+    """The releaser failed; the release is recorded with its error."""
+
+    def __init__(self, release: ReleaseRecord) -> None:
+        self.release = release
+        super().__init__(
+            f"release {release.id} to {release.target} with {release.plugin_ref} failed "
+            f"after {release.attempts} attempt(s): {release.error}"
+        )
+
+
+class TransientReleaseError(ReleaseFailedError):
+    """The releaser failed transiently on every attempt; a later retry may succeed."""
+
+    exit_code = EXIT_TEMPFAIL

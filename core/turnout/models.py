@@ -1,0 +1,115 @@
+"""The registry's tables, as sqlmodel models.
+
+The release path reads and writes these tables through SQLAlchemy Core (``Model.__table__``)
+to keep the ORM off the hot path; administrative commands use the models directly. Every change
+here needs a migration in ``turnout/migrations/versions``; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime (the only kind turnout stores)."""
+    return datetime.now(UTC)
+
+
+def _timestamp(*, nullable: bool = False, index: bool = False) -> Any:
+    column = Column(DateTime(timezone=True), nullable=nullable, index=index)
+    return Field(default=None, sa_column=column) if nullable else Field(sa_column=column)
+
+
+def _json(*, nullable: bool = False) -> Any:
+    column = Column(JSON, nullable=nullable)
+    return Field(default=None, sa_column=column) if nullable else Field(sa_column=column)
+
+
+class PluginVersion(SQLModel, table=True):
+    """A plugin version turnout knows about, and where its code lives.
+
+    ``source`` is ``environment`` for plugins installed into turnout's own environment; the
+    store (one isolated environment per version) adds ``store`` rows.
+    """
+
+    __tablename__ = "plugin_versions"
+    __table_args__ = (UniqueConstraint("plugin_id", "version", "source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    plugin_id: str = Field(index=True)
+    version: str
+    distribution: str
+    entry_point: str
+    source: str
+    location: str
+    hashes: dict[str, str] = _json()
+    recorded_at: datetime = _timestamp()
+
+
+class Target(SQLModel, table=True):
+    """A named release destination: its default plugin ref, config and policy."""
+
+    __tablename__ = "targets"
+
+    name: str = Field(primary_key=True)
+    plugin_id: str
+    plugin_version: str
+    config: dict[str, Any] = _json()
+    max_attempts: int
+    timeout: float
+    revision: int
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class TargetRevision(SQLModel, table=True):
+    """An append-only snapshot of a target after each change; never updated or deleted.
+
+    ``snapshot`` is ``None`` for the revision that removed the target.
+    """
+
+    __tablename__ = "target_revisions"
+    __table_args__ = (UniqueConstraint("target", "revision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    target: str = Field(index=True)
+    revision: int
+    actor: str
+    reason: str
+    snapshot: dict[str, Any] | None = _json(nullable=True)
+    created_at: datetime = _timestamp()
+
+
+class Release(SQLModel, table=True):
+    """One release request, its attempts and its outcome.
+
+    ``retryable`` says whether the final error was transient, so that asking again with the
+    same key answers with the original exit code.
+    """
+
+    __tablename__ = "releases"
+    __table_args__ = (
+        UniqueConstraint("target", "idempotency_key"),
+        Index("ix_releases_target_started_at", "target", "started_at"),
+    )
+
+    id: str = Field(primary_key=True)
+    target: str
+    idempotency_key: str
+    fingerprint: str
+    plugin_id: str
+    plugin_version: str
+    artifact: str
+    context: dict[str, str] = _json()
+    status: str = Field(index=True)
+    attempts: int
+    result: dict[str, Any] | None = _json(nullable=True)
+    error: str | None = None
+    error_type: str | None = None
+    retryable: bool | None = None
+    started_at: datetime = _timestamp(index=True)
+    finished_at: datetime | None = _timestamp(nullable=True)

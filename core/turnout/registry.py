@@ -1,0 +1,292 @@
+"""The registry: targets, their revision history and the plugin versions turnout knows.
+
+Every change to a target writes a new :class:`~turnout.models.TargetRevision` in the same
+transaction, and nothing in that history is ever updated or deleted. Callers validate a change
+(plugin installed, config accepted) before asking the registry to write it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlmodel import Session, col, select
+
+from turnout import _db
+from turnout.errors import UnknownTargetError
+from turnout.models import PluginVersion, Target, TargetRevision, utcnow
+from turnout.refs import PluginRef
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """What a release needs of a target, read in one query."""
+
+    name: str
+    plugin_ref: PluginRef
+    config: dict[str, Any]
+    max_attempts: int
+    timeout: float
+    revision: int
+
+    def snapshot(self) -> dict[str, Any]:
+        """The target as stored in its revision history."""
+        return {
+            "plugin": str(self.plugin_ref),
+            "config": self.config,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """The outcome of a ``set``: the target now, and what it was (``None`` if new)."""
+
+    target: TargetSpec
+    before: TargetSpec | None
+    changed: bool = field(default=True)
+
+
+def _spec(row: Target) -> TargetSpec:
+    return TargetSpec(
+        name=row.name,
+        plugin_ref=PluginRef(row.plugin_id, row.plugin_version),
+        config=dict(row.config),
+        max_attempts=row.max_attempts,
+        timeout=row.timeout,
+        revision=row.revision,
+    )
+
+
+class Registry:
+    """One registry database: its engine and the operations on its tables."""
+
+    def __init__(self, url: URL | str | None = None) -> None:
+        self.url = url if isinstance(url, URL) else _db.database_url(url)
+        self.engine = _db.create_engine(self.url)
+        self._schema_checked = False
+
+    @property
+    def display_url(self) -> str:
+        return _db.display_url(self.url)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Apply the shipped migrations; return the revisions before and after."""
+        result = _db.upgrade(self.engine)
+        self._schema_checked = True
+        return result
+
+    def ensure_schema(self) -> None:
+        """Refuse to go on when the database is not at the code's migration (checked once)."""
+        if not self._schema_checked:
+            _db.check_schema(self.engine)
+            self._schema_checked = True
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """An ORM session in one write transaction, committed on success."""
+        self.ensure_schema()
+        with (
+            _db.translate_errors(self.url),
+            Session(self.engine, expire_on_commit=False) as s,
+            s.begin(),
+        ):
+            yield s
+
+    # Targets -----------------------------------------------------------------------------
+
+    def get_target(self, name: str) -> TargetSpec:
+        """The target called ``name``.
+
+        Raises:
+            UnknownTargetError: There is none.
+        """
+        self.ensure_schema()
+        table = Target.__table__  # type: ignore[attr-defined]
+        with _db.reader(self.engine) as conn:
+            row = conn.execute(sa.select(table).where(table.c.name == name)).one_or_none()
+        if row is None:
+            raise UnknownTargetError(name)
+        return TargetSpec(
+            name=row.name,
+            plugin_ref=PluginRef(row.plugin_id, row.plugin_version),
+            config=dict(row.config),
+            max_attempts=row.max_attempts,
+            timeout=row.timeout,
+            revision=row.revision,
+        )
+
+    def list_targets(self) -> list[TargetSpec]:
+        """Every target, by name."""
+        with self.session() as s:
+            return [_spec(row) for row in s.exec(select(Target).order_by(col(Target.name)))]
+
+    def set_target(
+        self,
+        name: str,
+        plugin_ref: PluginRef,
+        *,
+        config: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        actor: str,
+        reason: str,
+    ) -> TargetChange:
+        """Create or change a target and record the new revision.
+
+        Options left as ``None`` keep the target's current value (or the default for a new
+        target). A change that alters nothing writes nothing.
+        """
+        now = utcnow()
+        with self.session() as s:
+            row = s.get(Target, name, with_for_update=True)
+            before = _spec(row) if row else None
+            if row is None:
+                last = s.exec(
+                    select(sa.func.max(TargetRevision.revision)).where(
+                        TargetRevision.target == name
+                    )
+                ).one()
+                row = Target(
+                    name=name,
+                    plugin_id=plugin_ref.plugin_id,
+                    plugin_version=plugin_ref.version,
+                    config=config or {},
+                    max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
+                    timeout=timeout or DEFAULT_TIMEOUT,
+                    revision=(last or 0) + 1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            else:
+                assert before is not None  # noqa: S101 - set from row above
+                new_config = before.config if config is None else config
+                new_attempts = before.max_attempts if max_attempts is None else max_attempts
+                new_timeout = before.timeout if timeout is None else timeout
+                proposed = (str(plugin_ref), new_config, new_attempts, new_timeout)
+                if proposed == tuple(before.snapshot().values()):
+                    return TargetChange(before, before, changed=False)
+                row.plugin_id = plugin_ref.plugin_id
+                row.plugin_version = plugin_ref.version
+                row.config = new_config
+                row.max_attempts = new_attempts
+                row.timeout = new_timeout
+                row.revision += 1
+                row.updated_at = now
+            s.add(row)
+            spec = _spec(row)
+            s.add(
+                TargetRevision(
+                    target=name,
+                    revision=spec.revision,
+                    actor=actor,
+                    reason=reason,
+                    snapshot=spec.snapshot(),
+                    created_at=now,
+                )
+            )
+        return TargetChange(spec, before)
+
+    def remove_target(self, name: str, *, actor: str, reason: str) -> TargetSpec:
+        """Remove a target; its history and its releases stay.
+
+        Raises:
+            UnknownTargetError: There is none.
+        """
+        with self.session() as s:
+            row = s.get(Target, name, with_for_update=True)
+            if row is None:
+                raise UnknownTargetError(name)
+            spec = _spec(row)
+            s.delete(row)
+            s.add(
+                TargetRevision(
+                    target=name,
+                    revision=spec.revision + 1,
+                    actor=actor,
+                    reason=reason,
+                    snapshot=None,
+                    created_at=utcnow(),
+                )
+            )
+        return spec
+
+    def target_history(self, name: str) -> list[TargetRevision]:
+        """Every revision of a target, oldest first."""
+        with self.session() as s:
+            query = (
+                select(TargetRevision)
+                .where(TargetRevision.target == name)
+                .order_by(col(TargetRevision.revision))
+            )
+            return list(s.exec(query))
+
+    # Plugin versions ---------------------------------------------------------------------
+
+    def find_plugin_version(self, ref: PluginRef, source: str) -> PluginVersion | None:
+        """The recorded provider of exactly ``ref`` from ``source``, if any (one indexed query)."""
+        self.ensure_schema()
+        table = PluginVersion.__table__  # type: ignore[attr-defined]
+        query = sa.select(table).where(
+            table.c.plugin_id == ref.plugin_id,
+            table.c.version == ref.version,
+            table.c.source == source,
+        )
+        with _db.reader(self.engine) as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else PluginVersion.model_validate(row._mapping)
+
+    def record_plugin_version(
+        self,
+        ref: PluginRef,
+        *,
+        source: str,
+        distribution: str,
+        entry_point: str,
+        location: str,
+        hashes: dict[str, str] | None = None,
+    ) -> PluginVersion:
+        """Record (or refresh) where ``ref`` from ``source`` lives."""
+        with self.session() as s:
+            row = s.exec(
+                select(PluginVersion).where(
+                    PluginVersion.plugin_id == ref.plugin_id,
+                    PluginVersion.version == ref.version,
+                    PluginVersion.source == source,
+                )
+            ).one_or_none()
+            if row is None:
+                row = PluginVersion(
+                    plugin_id=ref.plugin_id,
+                    version=ref.version,
+                    source=source,
+                    distribution=distribution,
+                    entry_point=entry_point,
+                    location=location,
+                )
+            row.distribution = distribution
+            row.entry_point = entry_point
+            row.location = location
+            row.hashes = hashes or {}
+            row.recorded_at = utcnow()
+            s.add(row)
+        return row
+
+    def targets_by_plugin(self) -> dict[str, list[str]]:
+        """Target names keyed by the plugin ref they point to."""
+        users: dict[str, list[str]] = {}
+        for target in self.list_targets():
+            users.setdefault(str(target.plugin_ref), []).append(target.name)
+        return users

@@ -1,0 +1,72 @@
+"""Retry policies, all built here with tenacity.
+
+The rule comes from the releaser contract: an exception with a true ``retryable`` attribute, or
+a ``TimeoutError`` / ``ConnectionError``, is transient; anything else is permanent. Exceptions
+that are not ``Exception`` subclasses (``KeyboardInterrupt``, ``SystemExit``, cancellation) are
+never retried. Every attempt of a release reuses the release's idempotency key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+log = logging.getLogger("turnout.retries")
+
+BACKOFF_MULTIPLIER = 0.5
+"""Seconds; the n-th wait is drawn uniformly from [0, 0.5 * 2**(n-1)] (full jitter)."""
+BACKOFF_MAX = 30.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the contract allows retrying after ``exc``."""
+    if not isinstance(exc, Exception):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    try:
+        return bool(getattr(exc, "retryable", False))
+    except Exception:  # noqa: BLE001 - a broken __getattr__ on a plugin's error means "no"
+        return False
+
+
+def release_policy(
+    *,
+    max_attempts: int,
+    deadline: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Retrying:
+    """The policy for the attempts of one release.
+
+    Bounded by ``max_attempts`` and by ``deadline`` seconds (no wait starts that would end past
+    it), with jittered exponential backoff, retrying transient errors only.
+    """
+    return Retrying(
+        stop=stop_after_attempt(max_attempts) | stop_before_delay(deadline),
+        wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
+        retry=retry_if_exception(is_transient),
+        sleep=sleep,
+        reraise=True,
+        before_sleep=_log_retry,
+    )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    # Only the error's type: its message may carry a secret the plugin echoed.
+    exc = state.outcome.exception() if state.outcome else None
+    log.info(
+        "attempt %d failed with %s; retrying in %.2fs",
+        state.attempt_number,
+        type(exc).__name__,
+        state.upcoming_sleep,
+    )

@@ -1,0 +1,114 @@
+"""Helpers for the tests: real wheels without a build backend, fixture plugins, call logs.
+
+A wheel is a zip with a ``*.dist-info`` folder (METADATA, WHEEL, RECORD, entry_points.txt);
+writing one directly takes a millisecond and gives pip and uv exactly what they install.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import hashlib
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixture_plugins"
+
+
+def _record_hash(data: bytes) -> str:
+    digest = hashlib.sha256(data).digest()
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def build_wheel(
+    dest: Path,
+    name: str,
+    version: str,
+    files: Mapping[str, str | bytes],
+    *,
+    entry_points: Mapping[str, Mapping[str, str]] | None = None,
+    requires: Iterable[str] = (),
+) -> Path:
+    """Write ``{name}-{version}-py3-none-any.whl`` into ``dest`` and return its path."""
+    stem = f"{name.replace('-', '_')}-{version}"
+    info = f"{stem}.dist-info"
+    contents: dict[str, bytes] = {
+        path: data.encode() if isinstance(data, str) else data for path, data in files.items()
+    }
+    metadata = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
+    contents[f"{info}/METADATA"] = ("\n".join(metadata) + "\n").encode()
+    contents[f"{info}/WHEEL"] = (
+        "Wheel-Version: 1.0\nGenerator: turnout-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    ).encode()
+    if entry_points:
+        lines = []
+        for group, points in entry_points.items():
+            lines.append(f"[{group}]")
+            lines += [f"{ep_name} = {value}" for ep_name, value in points.items()]
+        contents[f"{info}/entry_points.txt"] = ("\n".join(lines) + "\n").encode()
+    record = [f"{path},{_record_hash(data)},{len(data)}" for path, data in contents.items()]
+    record.append(f"{info}/RECORD,,")
+    contents[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"{stem}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, data in contents.items():
+            archive.writestr(path, data)
+    return wheel
+
+
+def install_into(target: Path, *requirements: str | Path) -> None:
+    """Install wheels (or requirement specs) into the folder ``target`` with uv, else pip."""
+    uv = shutil.which("uv") or _uv_from_package()
+    args = [str(r) for r in requirements]
+    if uv:
+        command = [uv, "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                   "--python", sys.executable, *args]
+    else:
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                   "--target", str(target), *args]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def _uv_from_package() -> str | None:
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        return None
+    return find_uv_bin()
+
+
+# (distribution, version, module file, plugin id)
+FIXTURE_PLUGINS = [
+    ("turnout-echo", "1.0.0", "echo.py", "echo"),
+    ("turnout-broken", "0.1.0", "broken.py", "broken"),
+    ("turnout-hookless", "0.1.0", "hookless.py", "hookless"),
+    ("turnout-typo", "0.1.0", "typo.py", "typo"),
+    ("turnout-badresult", "0.1.0", "badresult.py", "badresult"),
+]
+
+
+def fixture_wheel(dest: Path, distribution: str, version: str, source: str, plugin_id: str) -> Path:
+    """A real wheel of one fixture plugin: module ``turnout_<id>`` with entry point ``<id>``."""
+    module = f"turnout_{plugin_id}"
+    code = (FIXTURES / source).read_text().replace("@VERSION@", version)
+    return build_wheel(
+        dest,
+        distribution,
+        version,
+        {f"{module}.py": code},
+        entry_points={"turnout.releasers": {plugin_id: module}},
+        requires=["pluggy>=1.5"],
+    )
+
+
+def read_calls(path: Path) -> list[dict[str, object]]:
+    """The calls the echo fixture plugin recorded, in order."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -1,0 +1,275 @@
+"""One release through the Python API: claim, load exactly the pinned version, retry, record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import read_calls
+
+import turnout
+from turnout import (
+    ConfigRejectedError,
+    KeyMismatchError,
+    PluginLoadError,
+    PluginNotInstalledError,
+    ReleaseFailedError,
+    Status,
+    TransientReleaseError,
+    Turnout,
+    UnknownTargetError,
+)
+from turnout.errors import InvalidKeyError, SecretNotFoundError
+
+pytestmark = pytest.mark.usefixtures("plugin_site")
+
+
+class Sleeps:
+    """An injected sleep that records the waits instead of waiting."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def tt(db_path: Path, sleeps: Sleeps) -> Any:
+    with Turnout(str(db_path), sleep=sleeps) as handle:
+        yield handle
+
+
+def echo_target(tt: Turnout, calls: Path, name: str = "site", **config: Any) -> None:
+    tt.set_target(name, "echo@1.0.0", config={"calls": str(calls), **config}, reason="test")
+
+
+def test_release_succeeds_and_records(tt: Turnout, calls_file: Path) -> None:
+    echo_target(tt, calls_file)
+    record = tt.release("site", "dist/app.tar.gz", key="build-1", context={"customer": "acme"})
+    assert record.status is Status.SUCCEEDED
+    assert record.attempts == 1
+    assert record.plugin_ref == "echo@1.0.0"
+    assert record.result == {
+        "artifact": "dist/app.tar.gz",
+        "target": "site",
+        "key": "build-1",
+        "attempt": 1,
+        "context": {"customer": "acme"},
+        "version": "1.0.0",
+        "token_seen": False,
+    }
+    assert not record.reused
+    assert record.exit_code == 0
+    stored = tt.ledger.get(record.id)
+    assert stored is not None
+    assert stored.status is Status.SUCCEEDED
+    assert stored.finished_at is not None
+    assert stored.result == record.result
+    assert read_calls(calls_file) == [{"key": "build-1", "attempt": 1, "version": "1.0.0", "target": "site"}]
+
+
+def test_release_same_key_same_request_runs_nothing(tt: Turnout, calls_file: Path) -> None:
+    echo_target(tt, calls_file)
+    first = tt.release("site", "a.tgz", key="k1")
+    second = tt.release("site", "a.tgz", key="k1")
+    assert second.reused
+    assert second.id == first.id
+    assert second.result == first.result
+    assert len(read_calls(calls_file)) == 1
+
+
+def test_release_same_key_different_request_is_refused(tt: Turnout, calls_file: Path) -> None:
+    echo_target(tt, calls_file)
+    first = tt.release("site", "a.tgz", key="k1")
+    with pytest.raises(KeyMismatchError) as raised:
+        tt.release("site", "b.tgz", key="k1")
+    assert raised.value.differs == ["artifact"]
+    assert raised.value.exit_code == 65
+    with pytest.raises(KeyMismatchError):
+        tt.release("site", "a.tgz", key="k1", context={"customer": "other"})
+    assert len(read_calls(calls_file)) == 1
+    assert tt.ledger.get(first.id) == first
+
+
+def test_release_keys_are_scoped_per_target(tt: Turnout, calls_file: Path) -> None:
+    echo_target(tt, calls_file, name="one")
+    echo_target(tt, calls_file, name="two")
+    a = tt.release("one", "a.tgz", key="shared")
+    b = tt.release("two", "a.tgz", key="shared")
+    assert a.id != b.id
+    assert len(read_calls(calls_file)) == 2
+
+
+@pytest.mark.parametrize("failure", ["connection", "timeout", "retryable"])
+def test_release_transient_error_is_retried_with_the_same_key(
+    tt: Turnout, calls_file: Path, sleeps: Sleeps, failure: str
+) -> None:
+    echo_target(tt, calls_file, fail_with=failure, fail_times=2)
+    record = tt.release("site", "a.tgz", key="flaky-1")
+    assert record.status is Status.SUCCEEDED
+    assert record.attempts == 3
+    calls = read_calls(calls_file)
+    assert [c["attempt"] for c in calls] == [1, 2, 3]
+    assert {c["key"] for c in calls} == {"flaky-1"}
+    assert len(sleeps.waits) == 2
+    assert all(0 <= wait <= 30 for wait in sleeps.waits)
+
+
+def test_release_transient_error_gives_up_after_max_attempts(tt: Turnout, calls_file: Path) -> None:
+    echo_target(tt, calls_file, fail_with="connection")
+    tt.set_target("site", "echo@1.0.0", max_attempts=4)
+    with pytest.raises(TransientReleaseError) as raised:
+        tt.release("site", "a.tgz", key="down-1")
+    record = raised.value.release
+    assert raised.value.exit_code == 75
+    assert record.status is Status.FAILED
+    assert record.attempts == 4
+    assert record.retryable is True
+    assert record.error_type == "ConnectionError"
+    assert len(read_calls(calls_file)) == 4
+    # Asking again answers with the recorded outcome and the same exit code; nothing runs.
+    with pytest.raises(TransientReleaseError) as again:
+        tt.release("site", "a.tgz", key="down-1")
+    assert again.value.release.reused
+    assert len(read_calls(calls_file)) == 4
+
+
+def test_release_permanent_error_is_tried_once(tt: Turnout, calls_file: Path, sleeps: Sleeps) -> None:
+    echo_target(tt, calls_file, fail_with="permanent")
+    with pytest.raises(ReleaseFailedError) as raised:
+        tt.release("site", "a.tgz", key="bad-1")
+    assert type(raised.value) is ReleaseFailedError
+    assert raised.value.exit_code == 1
+    assert raised.value.release.attempts == 1
+    assert raised.value.release.retryable is False
+    assert raised.value.release.error == "RuntimeError: echo failed on attempt 1 with token="
+    assert len(read_calls(calls_file)) == 1
+    assert sleeps.waits == []
+
+
+@pytest.mark.parametrize(("failure", "exc_type"), [("keyboard", KeyboardInterrupt), ("systemexit", SystemExit)])
+def test_release_interrupt_is_tried_once_recorded_and_reraised(
+    tt: Turnout, calls_file: Path, failure: str, exc_type: type[BaseException]
+) -> None:
+    echo_target(tt, calls_file, fail_with=failure)
+    with pytest.raises(exc_type):
+        tt.release("site", "a.tgz", key="int-1")
+    assert len(read_calls(calls_file)) == 1
+    (record,) = tt.ledger.recent(target="site")
+    assert record.status is Status.FAILED
+    assert record.error_type == exc_type.__name__
+    assert record.attempts == 1
+
+
+@pytest.mark.parametrize("kind", ["list", "none", "object", "big"])
+def test_release_malformed_result_is_never_success(tt: Turnout, kind: str) -> None:
+    tt.set_target("bad", "badresult@0.1.0", config={"kind": kind})
+    with pytest.raises(ReleaseFailedError) as raised:
+        tt.release("bad", "a.tgz", key=f"r-{kind}")
+    record = raised.value.release
+    assert record.status is Status.FAILED
+    assert record.error_type == "turnout.releaser.MalformedResultError"
+    assert record.attempts == 1
+    assert record.result is None
+
+
+def test_release_secret_reference_is_resolved_for_the_call_and_redacted(
+    tt: Turnout, calls_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = "canary-4f1d9b7e-secret"
+    monkeypatch.setenv("ECHO_TOKEN", canary)
+    echo_target(tt, calls_file, token="env:ECHO_TOKEN", fail_with="permanent")
+    assert tt.registry.get_target("site").config["token"] == "env:ECHO_TOKEN"
+    with pytest.raises(ReleaseFailedError) as raised:
+        tt.release("site", "a.tgz", key="s-1")
+    assert canary not in str(raised.value)
+    assert raised.value.release.error == "RuntimeError: echo failed on attempt 1 with token=***"
+
+
+def test_release_missing_secret_is_a_configuration_error(tt: Turnout, calls_file: Path) -> None:
+    echo_target(tt, calls_file, token="env:TURNOUT_TEST_UNSET_VARIABLE")
+    with pytest.raises(SecretNotFoundError) as raised:
+        tt.release("site", "a.tgz", key="s-2")
+    assert raised.value.exit_code == 78
+    assert "TURNOUT_TEST_UNSET_VARIABLE" in str(raised.value)
+    assert read_calls(calls_file) == []
+    assert tt.ledger.recent() == []
+
+
+def test_release_unknown_target_runs_nothing(tt: Turnout) -> None:
+    with pytest.raises(UnknownTargetError) as raised:
+        tt.release("nowhere", "a.tgz", key="k")
+    assert raised.value.target == "nowhere"
+    assert "turnout target list" in str(raised.value)
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "has space", "nul\x00", "bell\x07", "'; DROP TABLE releases; --", "-leading"])
+def test_release_malformed_key_is_refused_before_any_lookup(tmp_path: Path, key: str) -> None:
+    # No database exists at this path: a refusal before any lookup cannot touch it.
+    missing = tmp_path / "never-created.db"
+    with Turnout(str(missing)) as handle, pytest.raises(InvalidKeyError):
+        handle.release("site", "a.tgz", key=key)
+    assert not missing.exists()
+
+
+def test_release_import_failure_is_a_configuration_error_and_nothing_is_recorded(
+    tt: Turnout, db_path: Path
+) -> None:
+    from sqlalchemy import text
+
+    # Write the row directly: `target set` refuses plugins that fail to load.
+    with tt.registry.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO targets (name, plugin_id, plugin_version, config, max_attempts, "
+                "timeout, revision, created_at, updated_at) VALUES ('b', 'broken', '0.1.0', '{}', "
+                "3, 60, 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    with pytest.raises(PluginLoadError) as raised:
+        tt.release("b", "a.tgz", key="k")
+    assert raised.value.exit_code == 78
+    assert "turnout-broken" in str(raised.value)
+    assert "turnout_fixture_missing_dependency" in str(raised.value)
+    assert tt.ledger.recent() == []
+
+
+def test_release_refuses_a_row_pinned_to_another_installed_version(tt: Turnout, calls_file: Path) -> None:
+    echo_target(tt, calls_file)
+    from sqlalchemy import text
+
+    with tt.registry.engine.begin() as conn:
+        conn.execute(text("UPDATE targets SET plugin_version = '2.0.0' WHERE name = 'site'"))
+    with pytest.raises(PluginNotInstalledError) as raised:
+        tt.release("site", "a.tgz", key="k")
+    message = str(raised.value)
+    assert "echo@2.0.0 is not installed" in message
+    assert "turnout-echo==2.0.0" in message
+    assert read_calls(calls_file) == []
+    assert tt.ledger.recent() == []
+
+
+def test_release_config_rejected_at_release_time_runs_nothing(tt: Turnout, calls_file: Path) -> None:
+    echo_target(tt, calls_file)
+    from sqlalchemy import text
+
+    with tt.registry.engine.begin() as conn:
+        conn.execute(text("UPDATE targets SET config = '{\"invalid\": 1}' WHERE name = 'site'"))
+    with pytest.raises(ConfigRejectedError):
+        tt.release("site", "a.tgz", key="k")
+    assert tt.ledger.recent() == []
+
+
+def test_module_level_release_uses_the_given_database(db_path: Path, calls_file: Path) -> None:
+    with Turnout(str(db_path)) as handle:
+        echo_target(handle, calls_file)
+    record = turnout.release("site", "a.tgz", key="api-1", db=str(db_path))
+    assert record.status is Status.SUCCEEDED
+    assert turnout.release("site", "a.tgz", key="api-1", db=str(db_path)).reused
