@@ -17,6 +17,7 @@ sys.path.insert(0, str(HERE))  # for `helpers`, which --import-mode=importlib do
 
 from helpers import FIXTURE_PLUGINS, fixture_wheel, install_into  # noqa: E402
 
+
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a wheel of every fixture plugin, plus turnout-echo 2.0.0."""
@@ -35,8 +36,10 @@ def plugin_site(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     ``PYTHONPATH`` for the CLI subprocesses the tests start.
     """
     site = tmp_path_factory.mktemp("site")
-    wheels = [next(wheelhouse.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))
-              for dist, version, *_ in FIXTURE_PLUGINS]
+    wheels = [
+        next(wheelhouse.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))
+        for dist, version, *_ in FIXTURE_PLUGINS
+    ]
     install_into(site, *wheels)
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()

@@ -7,8 +7,8 @@ writing one directly takes a millisecond and gives pip and uv exactly what they 
 from __future__ import annotations
 
 import base64
-import json
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -39,12 +39,12 @@ def build_wheel(
     contents: dict[str, bytes] = {
         path: data.encode() if isinstance(data, str) else data for path, data in files.items()
     }
-    metadata = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
     contents[f"{info}/METADATA"] = ("\n".join(metadata) + "\n").encode()
     contents[f"{info}/WHEEL"] = (
-        "Wheel-Version: 1.0\nGenerator: turnout-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    ).encode()
+        b"Wheel-Version: 1.0\nGenerator: turnout-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     if entry_points:
         lines = []
         for group, points in entry_points.items():
@@ -67,11 +67,30 @@ def install_into(target: Path, *requirements: str | Path) -> None:
     uv = shutil.which("uv") or _uv_from_package()
     args = [str(r) for r in requirements]
     if uv:
-        command = [uv, "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                   "--python", sys.executable, *args]
+        command = [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            "--python",
+            sys.executable,
+            *args,
+        ]
     else:
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                   "--target", str(target), *args]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            *args,
+        ]
     subprocess.run(command, check=True, capture_output=True)
 
 

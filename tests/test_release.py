@@ -72,7 +72,9 @@ def test_release_succeeds_and_records(tt: Turnout, calls_file: Path) -> None:
     assert stored.status is Status.SUCCEEDED
     assert stored.finished_at is not None
     assert stored.result == record.result
-    assert read_calls(calls_file) == [{"key": "build-1", "attempt": 1, "version": "1.0.0", "target": "site"}]
+    assert read_calls(calls_file) == [
+        {"key": "build-1", "attempt": 1, "version": "1.0.0", "target": "site"}
+    ]
 
 
 def test_release_same_key_same_request_runs_nothing(tt: Turnout, calls_file: Path) -> None:
@@ -141,7 +143,9 @@ def test_release_transient_error_gives_up_after_max_attempts(tt: Turnout, calls_
     assert len(read_calls(calls_file)) == 4
 
 
-def test_release_permanent_error_is_tried_once(tt: Turnout, calls_file: Path, sleeps: Sleeps) -> None:
+def test_release_permanent_error_is_tried_once(
+    tt: Turnout, calls_file: Path, sleeps: Sleeps
+) -> None:
     echo_target(tt, calls_file, fail_with="permanent")
     with pytest.raises(ReleaseFailedError) as raised:
         tt.release("site", "a.tgz", key="bad-1")
@@ -154,7 +158,9 @@ def test_release_permanent_error_is_tried_once(tt: Turnout, calls_file: Path, sl
     assert sleeps.waits == []
 
 
-@pytest.mark.parametrize(("failure", "exc_type"), [("keyboard", KeyboardInterrupt), ("systemexit", SystemExit)])
+@pytest.mark.parametrize(
+    ("failure", "exc_type"), [("keyboard", KeyboardInterrupt), ("systemexit", SystemExit)]
+)
 def test_release_interrupt_is_tried_once_recorded_and_reraised(
     tt: Turnout, calls_file: Path, failure: str, exc_type: type[BaseException]
 ) -> None:
@@ -210,7 +216,10 @@ def test_release_unknown_target_runs_nothing(tt: Turnout) -> None:
     assert "turnout target list" in str(raised.value)
 
 
-@pytest.mark.parametrize("key", ["", "x" * 201, "has space", "nul\x00", "bell\x07", "'; DROP TABLE releases; --", "-leading"])
+@pytest.mark.parametrize(
+    "key",
+    ["", "x" * 201, "has space", "nul\x00", "bell\x07", "'; DROP TABLE releases; --", "-leading"],
+)
 def test_release_malformed_key_is_refused_before_any_lookup(tmp_path: Path, key: str) -> None:
     # No database exists at this path: a refusal before any lookup cannot touch it.
     missing = tmp_path / "never-created.db"
@@ -241,7 +250,9 @@ def test_release_import_failure_is_a_configuration_error_and_nothing_is_recorded
     assert tt.ledger.recent() == []
 
 
-def test_release_refuses_a_row_pinned_to_another_installed_version(tt: Turnout, calls_file: Path) -> None:
+def test_release_refuses_a_row_pinned_to_another_installed_version(
+    tt: Turnout, calls_file: Path
+) -> None:
     echo_target(tt, calls_file)
     from sqlalchemy import text
 
@@ -256,7 +267,9 @@ def test_release_refuses_a_row_pinned_to_another_installed_version(tt: Turnout, 
     assert tt.ledger.recent() == []
 
 
-def test_release_config_rejected_at_release_time_runs_nothing(tt: Turnout, calls_file: Path) -> None:
+def test_release_config_rejected_at_release_time_runs_nothing(
+    tt: Turnout, calls_file: Path
+) -> None:
     echo_target(tt, calls_file)
     from sqlalchemy import text
 

@@ -70,7 +70,9 @@ def _print_table(title: str | None, columns: Sequence[str], rows: Iterable[Seque
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console(soft_wrap=False).print(table)
+    # A pipe gets whole rows (a table is as wide as its content); a terminal gets its width.
+    width = None if sys.stdout.isatty() else 10_000
+    Console(soft_wrap=False, width=width).print(table)
 
 
 def _handle(ctx: click.Context) -> Turnout:

@@ -1,8 +1,7 @@
 """A releaser whose import fails, as one with a missing dependency does."""
 
-import turnout_fixture_missing_dependency  # noqa: F401
-
 import pluggy
+import turnout_fixture_missing_dependency  # noqa: F401
 
 hookimpl = pluggy.HookimplMarker("turnout")
 

@@ -9,6 +9,7 @@ Config:
 """
 
 import json
+
 import pluggy
 
 VERSION = "@VERSION@"
@@ -31,11 +32,18 @@ def turnout_validate_config(config):
 def turnout_release(artifact, target, config, context, idempotency_key, attempt):
     if "calls" in config:
         with open(config["calls"], "a", encoding="utf-8") as calls:
-            line = {"key": idempotency_key, "attempt": attempt, "version": VERSION, "target": target}
+            line = {
+                "key": idempotency_key,
+                "attempt": attempt,
+                "version": VERSION,
+                "target": target,
+            }
             calls.write(json.dumps(line) + "\n")
     failure = config.get("fail_with")
     if failure and attempt <= config.get("fail_times", 1_000_000):
-        raise _FAILURES[failure](f"echo failed on attempt {attempt} with token={config.get('token', '')}")
+        raise _FAILURES[failure](
+            f"echo failed on attempt {attempt} with token={config.get('token', '')}"
+        )
     return {
         "artifact": artifact,
         "target": target,
@@ -57,6 +65,6 @@ _FAILURES = {
     "timeout": TimeoutError,
     "retryable": RetryableError,
     "permanent": RuntimeError,
-    "keyboard": lambda message: KeyboardInterrupt(message),
-    "systemexit": lambda message: SystemExit(message),
+    "keyboard": KeyboardInterrupt,
+    "systemexit": SystemExit,
 }

@@ -1,0 +1,111 @@
+"""Every task a developer or CI runs: tests, lint, type checks, the demo.
+
+Run it with nox (``nox -s tests``) or directly: ``python3 noxfile.py [-s SESSION] [-- ARGS]``
+works on a fresh machine with nothing but Python 3.11+, because the bootstrap below installs
+nox (with uv) into ``.nox/_bootstrap`` first. Without ``-s``, the default sessions run: lint,
+typecheck, tests and each plugin's tests. Arguments after ``--`` reach the tool a session
+runs (pytest, ruff, mypy).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent
+
+try:
+    import nox
+except ModuleNotFoundError:
+    if __name__ != "__main__" or os.environ.get("TURNOUT_NOX_BOOTSTRAPPED"):
+        raise
+    import subprocess
+    import venv
+
+    boot = ROOT / ".nox" / "_bootstrap"
+    python = boot / "bin" / "python"
+    if not python.exists():
+        print("noxfile: installing nox into .nox/_bootstrap (once)", file=sys.stderr)
+        venv.create(boot, with_pip=True)
+        subprocess.run(
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "nox[uv]>=2025.5.1",
+            ],
+            check=True,
+        )
+    os.environ["TURNOUT_NOX_BOOTSTRAPPED"] = "1"
+    os.execv(python, [str(python), __file__, *sys.argv[1:]])  # noqa: S606 - no shell wanted
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typecheck", "tests", "plugin_tests"]
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+PLUGINS = sorted(
+    p.name
+    for p in (ROOT / "plugins").iterdir()
+    if (p / "pyproject.toml").exists() and not p.name.startswith("_")
+)
+LINT_TOOLS = ["ruff>=0.8"]
+TYPE_TOOLS = ["mypy>=1.13"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the core's test suite with pytest, in parallel on every core.
+
+    The core is installed as a wheel (not editable), so the tests see what users get,
+    migrations included. Pass pytest arguments after ``--``, e.g. ``-- -k release -n 0``.
+    """
+    session.install(".[test,postgres]")
+    args = session.posargs or ["-n", "auto"]
+    session.run("pytest", *args)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("plugin", PLUGINS)
+def plugin_tests(session: nox.Session, plugin: str) -> None:
+    """Run one plugin's own tests with only the core and that plugin installed.
+
+    A dependency the plugin uses but does not declare fails here.
+    """
+    session.install(".", f"./plugins/{plugin}[test]")
+    session.run("pytest", f"plugins/{plugin}/tests", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style and common bugs with ruff (same rules for the core and the plugins)."""
+    session.install(*LINT_TOOLS)
+    session.run("ruff", "check", *(session.posargs or ["."]))
+    session.run("ruff", "format", "--check", *(session.posargs or ["."]))
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Type-check the core and every plugin with mypy --strict."""
+    session.install(*TYPE_TOOLS, ".[postgres]", *(f"./plugins/{p}" for p in PLUGINS))
+    session.run("mypy", *session.posargs)
+    for plugin in PLUGINS:
+        session.run("mypy", "--strict", f"plugins/{plugin}/src")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Install the core and the directory releaser into a fresh environment and release a site.
+
+    Uses a copy of registry.db.example in .demo/; the release folders land in .demo/www.
+    """
+    session.install(".", "./plugins/turnout-directory")
+    session.run("python", "demo/demo.py", *session.posargs)
+
+
+if __name__ == "__main__":
+    nox.main()

@@ -1,0 +1,281 @@
+"""The command line: every command, JSON output, refusals, and every exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from helpers import read_calls
+
+from turnout.cli import cli
+
+pytestmark = pytest.mark.usefixtures("plugin_site")
+
+
+@pytest.fixture
+def run(db_path: Path) -> object:
+    runner = CliRunner()
+
+    def invoke(*args: str, db: Path | None = db_path, env: dict[str, str] | None = None) -> Result:
+        prefix = ["--db", str(db)] if db is not None else []
+        return runner.invoke(cli, [*prefix, *args], env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def _json(result: Result) -> object:
+    return json.loads(result.stdout)
+
+
+def test_cli_help_lists_commands_and_exit_codes(run) -> None:
+    result = run("--help", db=None)
+    assert result.exit_code == 0
+    for word in ("db", "target", "plugin", "release", "releases", "Exit codes", "78"):
+        assert word in result.stdout
+
+
+def test_cli_db_upgrade_creates_and_reports(run, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.db"
+    result = run("db", "upgrade", "--json", db=fresh)
+    assert result.exit_code == 0
+    assert _json(result)["after"] == "0001"
+    assert _json(result)["before"] is None
+    again = run("db", "upgrade", db=fresh)
+    assert again.exit_code == 0
+    assert "up to date" in again.stderr
+    assert again.stdout == ""
+
+
+def test_cli_not_migrated_database_exits_78(run, tmp_path: Path) -> None:
+    result = run("target", "list", db=tmp_path / "empty.db")
+    assert result.exit_code == 78
+    assert "turnout db upgrade" in result.stderr
+
+
+def test_cli_db_from_environment_variable(run, db_path: Path) -> None:
+    run("target", "set", "site", "echo@1.0.0")
+    result = run(
+        "target", "list", "--json", db=None, env={"TURNOUT_DATABASE_URL": f"sqlite:///{db_path}"}
+    )
+    assert result.exit_code == 0
+    assert [t["name"] for t in _json(result)] == ["site"]
+
+
+def test_cli_target_set_show_list_remove(run, tmp_path: Path) -> None:
+    config_file = tmp_path / "c.toml"
+    config_file.write_text('token = "env:TOKEN"\nnested = { a = 1 }\n')
+    result = run(
+        "target",
+        "set",
+        "site",
+        "echo@1.0.0",
+        "--config-file",
+        str(config_file),
+        "--config",
+        "keep=3",
+        "--config",
+        "flag=true",
+        "--config",
+        "name=plain text",
+        "--timeout",
+        "5",
+        "--max-attempts",
+        "2",
+        "--reason",
+        "launch",
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    created = _json(result)
+    assert created["config"] == {
+        "token": "env:TOKEN",
+        "nested": {"a": 1},
+        "keep": 3,
+        "flag": True,
+        "name": "plain text",
+    }
+    assert (created["timeout"], created["max_attempts"], created["revision"]) == (5.0, 2, 1)
+    shown = _json(run("target", "show", "site", "--json"))
+    assert shown == {k: v for k, v in created.items() if k != "changed"}
+    table = run("target", "show", "site")
+    assert "echo@1.0.0" in table.stdout
+    listed = run("target", "list")
+    assert "site" in listed.stdout
+    assert "echo@1.0.0" in listed.stdout
+    removed = run("target", "remove", "site", "--reason", "done")
+    assert removed.exit_code == 0
+    assert "removed" in removed.stderr
+    assert _json(run("target", "list", "--json")) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["echo"], 2, "missing '@version'"),
+        (["echo@>=1"], 2, "ranges"),
+        (["echo@9.9.9"], 78, "turnout-echo==9.9.9"),
+        (["nosuch@1.0.0"], 78, "no distribution"),
+        (["broken@0.1.0"], 78, "failed to load"),
+        (["echo@1.0.0", "--config", "invalid=1"], 78, "rejected the config"),
+        (["echo@1.0.0", "--config", "novalue"], 2, "key=value"),
+        (["echo@1.0.0", "--max-attempts", "0"], 2, "at least 1"),
+        (["echo@1.0.0", "--timeout", "-1"], 2, "positive"),
+        (["echo@1.0.0", "--config-file", "/nonexistent/c.json"], 2, "cannot read config file"),
+    ],
+)
+def test_cli_target_set_refusals_leave_the_row_unchanged(
+    run, args: list[str], code: int, fragment: str
+) -> None:
+    run("target", "set", "site", "echo@1.0.0", "--config", "a=1")
+    before = _json(run("target", "show", "site", "--json"))
+    result = run("target", "set", "site", *args)
+    assert result.exit_code == code, result.stderr
+    assert fragment in result.stderr
+    assert _json(run("target", "show", "site", "--json")) == before
+
+
+def test_cli_plugin_list_shows_environment_plugins_and_their_targets(run) -> None:
+    run("target", "set", "site", "echo@1.0.0")
+    rows = _json(run("plugin", "list", "--json"))
+    echo = next(r for r in rows if r["plugin"] == "echo")
+    assert echo == {
+        "plugin": "echo",
+        "version": "1.0.0",
+        "distribution": "turnout-echo",
+        "source": "environment",
+        "entry_point": "turnout_echo",
+        "targets": ["site"],
+    }
+    assert "turnout-echo" in run("plugin", "list").stdout
+
+
+def test_cli_release_success_then_same_key_runs_nothing(run, calls_file: Path) -> None:
+    run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
+    first = run(
+        "release", "site", "dist/site.tgz", "--key", "b-1", "--context", "customer=acme", "--json"
+    )
+    assert first.exit_code == 0, first.stderr
+    record = _json(first)
+    assert record["status"] == "succeeded"
+    assert record["context"] == {"customer": "acme"}
+    assert record["result"]["version"] == "1.0.0"
+    second = run("release", "site", "dist/site.tgz", "--key", "b-1", "--context", "customer=acme")
+    assert second.exit_code == 0
+    assert "nothing ran" in second.stderr
+    assert record["id"] in second.stdout
+    assert len(read_calls(calls_file)) == 1
+
+
+def test_cli_releases_list_and_show(run, calls_file: Path) -> None:
+    run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
+    ids = [_json(run("release", "site", "a", "--key", f"k{i}", "--json"))["id"] for i in range(3)]
+    listed = _json(run("releases", "--json", "--limit", "2"))
+    assert [r["id"] for r in listed] == ids[::-1][:2]
+    shown = _json(run("releases", "show", ids[0], "--json"))
+    assert shown["idempotency_key"] == "k0"
+    assert ids[0] in run("releases", "--target", "site").stdout
+    missing = run("releases", "show", "nope")
+    assert missing.exit_code == 2
+    assert "turnout releases" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "code", "fragment"),
+    [
+        ([], ["--key", "ok-1"], 0, ""),
+        (["--config", "fail_with=permanent"], ["--key", "perm-1"], 1, "failed after 1 attempt"),
+        (
+            ["--config", "fail_with=connection", "--max-attempts", "2"],
+            ["--key", "tr-1"],
+            75,
+            "after 2 attempt",
+        ),
+        ([], ["--key", "has space"], 2, "invalid idempotency key"),
+        ([], ["--key", "ok-2", "--context", "nokey"], 2, "key=value"),
+        ([], [], 2, "Missing option '--key'"),
+    ],
+)
+def test_cli_release_exit_codes(
+    run, calls_file: Path, config: list[str], args: list[str], code: int, fragment: str
+) -> None:
+    run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}", *config)
+    result = run("release", "site", "a.tgz", *args)
+    assert result.exit_code == code, result.stderr
+    assert fragment in result.stderr
+
+
+def test_cli_release_key_mismatch_exits_65(run, calls_file: Path) -> None:
+    run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
+    run("release", "site", "a.tgz", "--key", "m-1")
+    result = run("release", "site", "b.tgz", "--key", "m-1")
+    assert result.exit_code == 65
+    assert "different request (artifact differ)" in result.stderr
+    assert len(read_calls(calls_file)) == 1
+
+
+def test_cli_release_unknown_target_exits_78(run) -> None:
+    result = run("release", "nowhere", "a.tgz", "--key", "k")
+    assert result.exit_code == 78
+    assert "unknown target 'nowhere'" in result.stderr
+
+
+def test_cli_release_in_progress_exits_75(run, db_path: Path, calls_file: Path) -> None:
+    from turnout.models import utcnow
+    from turnout.refs import PluginRef
+    from turnout.registry import Registry
+    from turnout.releases import Ledger, fingerprint
+
+    run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
+    registry = Registry(str(db_path))
+    spec = registry.get_target("site")
+    # Another runner holds the claim: its row is inserted and still running.
+    Ledger(registry.engine).claim(
+        target="site",
+        key="busy-1",
+        fingerprint=fingerprint("site", "a.tgz", PluginRef("echo", "1.0.0"), spec.config, {}),
+        plugin_ref=spec.plugin_ref,
+        artifact="a.tgz",
+        context={},
+    )
+    registry.close()
+    assert utcnow()  # the claim above committed before this call
+    result = run("release", "site", "a.tgz", "--key", "busy-1")
+    assert result.exit_code == 75
+    assert "still in progress" in result.stderr
+    assert read_calls(calls_file) == []
+
+
+def test_cli_database_unreachable_exits_75(run, tmp_path: Path) -> None:
+    result = run("target", "list", db=tmp_path)  # a directory is no database
+    assert result.exit_code == 75
+    assert "unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_console_script_end_to_end(db_path: Path, calls_file: Path) -> None:
+    """The installed `turnout` script, as a job runner calls it, in its own process."""
+    script = shutil.which("turnout", path=str(Path(sys.executable).parent)) or "turnout"
+    env = {**os.environ, "TURNOUT_DATABASE_URL": str(db_path)}
+
+    def turnout(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([script, *args], capture_output=True, text=True, env=env, check=False)
+
+    assert (
+        turnout("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}").returncode
+        == 0
+    )
+    first = turnout("release", "site", "a.tgz", "--key", "e2e-1", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["status"] == "succeeded"
+    assert turnout("release", "site", "a.tgz", "--key", "e2e-1").returncode == 0
+    assert turnout("release", "site", "b.tgz", "--key", "e2e-1").returncode == 65
+    assert turnout("release", "nowhere", "a.tgz", "--key", "x").returncode == 78
+    assert turnout("release", "site", "a.tgz").returncode == 2
+    assert len(read_calls(calls_file)) == 1

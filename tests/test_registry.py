@@ -1,0 +1,234 @@
+"""The registry database: migrations, SQLite settings, targets and their history."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from turnout import _db
+from turnout.errors import (
+    ConfigRejectedError,
+    DatabaseNotMigratedError,
+    InvalidPluginRefError,
+    PluginLoadError,
+    PluginNotInstalledError,
+    RegistryUnavailableError,
+    UnknownTargetError,
+)
+from turnout.refs import PluginRef
+from turnout.registry import Registry
+from turnout.runtime import Turnout
+
+
+def test_db_schema_head_matches_alembic_head() -> None:
+    assert _db.alembic_head() == _db.SCHEMA_HEAD
+
+
+def test_db_models_and_migrations_agree(db_path: Path) -> None:
+    import turnout.models  # noqa: F401 - registers the tables
+
+    engine = sa.create_engine(f"sqlite:///{db_path}")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path / "nested" / "r.db"))
+    assert registry.upgrade() == (None, _db.SCHEMA_HEAD)
+    assert registry.upgrade() == (_db.SCHEMA_HEAD, _db.SCHEMA_HEAD)
+    registry.close()
+
+
+def test_db_sqlite_runs_in_wal_with_a_busy_timeout(db_path: Path) -> None:
+    registry = Registry(str(db_path))
+    with registry.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == _db.SQLITE_BUSY_TIMEOUT_MS
+    registry.close()
+
+
+def test_db_write_transactions_begin_immediate(db_path: Path) -> None:
+    """A write transaction holds SQLite's write lock from its first statement."""
+    registry = Registry(str(db_path))
+    other = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    with registry.engine.begin() as conn:
+        conn.exec_driver_sql("SELECT 1").scalar()  # a read only, but the lock is taken at BEGIN
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # free again once the transaction ended
+    other.execute("ROLLBACK")
+    with _db.reader(registry.engine) as conn, conn.begin():
+        conn.exec_driver_sql("SELECT 1").scalar()
+        other.execute("BEGIN IMMEDIATE")  # a reader does not block a writer
+        other.execute("ROLLBACK")
+    other.close()
+    registry.close()
+
+
+def test_db_concurrent_writers_queue_instead_of_failing(db_path: Path) -> None:
+    """Eight threads read-then-write one target: no 'database is locked' reaches a caller."""
+    registry = Registry(str(db_path))
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(5):
+                registry.set_target(
+                    "t",
+                    PluginRef("echo", "1.0.0"),
+                    config={"n": n, "i": i},
+                    actor="test",
+                    reason="race",
+                )
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    history = registry.target_history("t")
+    assert [r.revision for r in history] == list(range(1, 41))
+    registry.close()
+
+
+def test_db_url_accepts_a_path_or_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _db.database_url(str(tmp_path / "x.db")).database == str(tmp_path / "x.db")
+    assert _db.database_url("sqlite:///rel.db").database == "rel.db"
+    assert _db.database_url("postgresql://u:pw@h/db").drivername == "postgresql+psycopg"
+    monkeypatch.setenv("TURNOUT_DATABASE_URL", "sqlite:///from-env.db")
+    assert _db.database_url(None).database == "from-env.db"
+    monkeypatch.delenv("TURNOUT_DATABASE_URL")
+    assert _db.database_url(None).database == "registry.db"
+    assert "pw" not in _db.display_url(_db.database_url("postgresql://u:pw@h/db"))
+
+
+def test_db_not_migrated_is_refused(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path / "empty.db"))
+    with pytest.raises(DatabaseNotMigratedError) as raised:
+        registry.list_targets()
+    assert raised.value.exit_code == 78
+    assert "turnout db upgrade" in str(raised.value)
+    registry.close()
+
+
+def test_db_unreachable_is_translated(tmp_path: Path) -> None:
+    folder = tmp_path / "a-directory"
+    folder.mkdir()
+    registry = Registry(str(folder))
+    with pytest.raises(RegistryUnavailableError) as raised:
+        registry.list_targets()
+    assert raised.value.exit_code == 75
+    assert isinstance(raised.value.__cause__, sa.exc.OperationalError)
+    registry.close()
+
+
+def test_db_postgres_password_never_in_messages() -> None:
+    registry = Registry("postgresql://turnout:hunter2@127.0.0.1:1/nowhere")
+    with pytest.raises(RegistryUnavailableError) as raised:
+        registry.list_targets()
+    assert "hunter2" not in str(raised.value)
+    registry.close()
+
+
+# Targets ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tt(db_path: Path, plugin_site: Path) -> Turnout:
+    handle = Turnout(str(db_path))
+    yield handle
+    handle.close()
+
+
+def test_target_set_creates_and_records_a_revision(tt: Turnout) -> None:
+    change = tt.set_target("site", "echo@1.0.0", config={"a": 1}, actor="ana", reason="first")
+    assert change.before is None
+    assert change.target.revision == 1
+    spec = tt.registry.get_target("site")
+    assert spec.plugin_ref == PluginRef("echo", "1.0.0")
+    assert spec.config == {"a": 1}
+    assert (spec.max_attempts, spec.timeout) == (3, 60.0)
+    (revision,) = tt.registry.target_history("site")
+    assert (revision.actor, revision.reason, revision.revision) == ("ana", "first", 1)
+    assert revision.snapshot == {
+        "plugin": "echo@1.0.0",
+        "config": {"a": 1},
+        "max_attempts": 3,
+        "timeout": 60.0,
+    }
+
+
+def test_target_set_keeps_unset_options_and_skips_no_op_changes(tt: Turnout) -> None:
+    tt.set_target("site", "echo@1.0.0", config={"a": 1}, max_attempts=5, timeout=9)
+    change = tt.set_target("site", "echo@1.0.0")
+    assert not change.changed
+    assert change.target.revision == 1
+    change = tt.set_target("site", "echo@1.0.0", timeout=10)
+    assert change.changed
+    assert change.target.revision == 2
+    assert change.target.config == {"a": 1}
+    assert change.target.max_attempts == 5
+    assert len(tt.registry.target_history("site")) == 2
+
+
+def test_target_set_normalises_the_ref(tt: Turnout) -> None:
+    tt.set_target("site", "Echo@1.0.0")
+    assert str(tt.registry.get_target("site").plugin_ref) == "echo@1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("ref", "error", "fragment"),
+    [
+        ("echo", InvalidPluginRefError, "missing '@version'"),
+        ("echo@", InvalidPluginRefError, "empty version"),
+        ("echo@>=1.0", InvalidPluginRefError, "ranges"),
+        ("echo@9.9.9", PluginNotInstalledError, "pip install 'turnout-echo==9.9.9'"),
+        ("nosuch@1.0.0", PluginNotInstalledError, "no distribution"),
+        ("broken@0.1.0", PluginLoadError, "turnout_fixture_missing_dependency"),
+        ("hookless@0.1.0", PluginLoadError, "does not implement turnout_release"),
+        ("typo@0.1.0", PluginLoadError, "turnout_relase"),
+    ],
+)
+def test_target_set_refusals_leave_the_row_unchanged(
+    tt: Turnout, ref: str, error: type[Exception], fragment: str
+) -> None:
+    tt.set_target("site", "echo@1.0.0", config={"a": 1})
+    with pytest.raises(error, match=None) as raised:
+        tt.set_target("site", ref, config={"b": 2})
+    assert fragment in str(raised.value)
+    spec = tt.registry.get_target("site")
+    assert (str(spec.plugin_ref), spec.config, spec.revision) == ("echo@1.0.0", {"a": 1}, 1)
+    assert len(tt.registry.target_history("site")) == 1
+
+
+def test_target_set_config_rejected_by_the_plugin(tt: Turnout) -> None:
+    tt.set_target("site", "echo@1.0.0")
+    with pytest.raises(ConfigRejectedError) as raised:
+        tt.set_target("site", "echo@1.0.0", config={"invalid": "x"})
+    assert "echo: config 'invalid' is not allowed" in str(raised.value)
+    assert raised.value.exit_code == 78
+    assert tt.registry.get_target("site").config == {}
+
+
+def test_target_remove_keeps_history(tt: Turnout) -> None:
+    tt.set_target("site", "echo@1.0.0")
+    tt.registry.remove_target("site", actor="ana", reason="gone")
+    with pytest.raises(UnknownTargetError):
+        tt.registry.get_target("site")
+    history = tt.registry.target_history("site")
+    assert [(r.revision, r.snapshot is None) for r in history] == [(1, False), (2, True)]
+    assert tt.set_target("site", "echo@1.0.0").target.revision == 3
+    with pytest.raises(UnknownTargetError):
+        tt.registry.remove_target("never", actor="ana", reason="")
