@@ -107,5 +107,12 @@ def demo(session: nox.Session) -> None:
     session.run("python", "demo/demo.py", *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def example_registry(session: nox.Session) -> None:
+    """Rebuild registry.db.example at the latest migration (commit the result)."""
+    session.install(".", "./plugins/turnout-directory")
+    session.run("python", "demo/make_example_registry.py")
+
+
 if __name__ == "__main__":
     nox.main()

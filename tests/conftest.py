@@ -30,7 +30,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def plugin_site(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """turnout's environment, extended with the fixture plugins as `pip install` would.
+    """turnout's environment, extended with the fixture plugins and the directory releaser.
 
     The wheels are installed into one folder that goes on ``sys.path`` for this process and on
     ``PYTHONPATH`` for the CLI subprocesses the tests start.
@@ -40,7 +40,8 @@ def plugin_site(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         next(wheelhouse.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))
         for dist, version, *_ in FIXTURE_PLUGINS
     ]
-    install_into(site, *wheels)
+    # The real directory releaser too, built from its folder as pip would build it.
+    install_into(site, *wheels, ROOT / "plugins" / "turnout-directory")
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()
     old = os.environ.get("PYTHONPATH")

@@ -215,7 +215,7 @@ def test_cli_release_key_mismatch_exits_65(run, calls_file: Path) -> None:
     run("release", "site", "a.tgz", "--key", "m-1")
     result = run("release", "site", "b.tgz", "--key", "m-1")
     assert result.exit_code == 65
-    assert "different request (artifact differ)" in result.stderr
+    assert "different request (different artifact)" in result.stderr
     assert len(read_calls(calls_file)) == 1
 
 

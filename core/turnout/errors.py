@@ -154,7 +154,7 @@ class KeyMismatchError(TurnoutError):
         self.differs = differs
         super().__init__(
             f"idempotency key {key!r} on target {target!r} was used by release {release_id} "
-            f"for a different request ({', '.join(differs)} differ); nothing ran. "
+            f"for a different request (different {', '.join(differs)}); nothing ran. "
             "Use a new key for a new release."
         )
 

@@ -1,0 +1,145 @@
+"""The turnout demo: two releases of a small site with the directory releaser.
+
+Run through ``python3 noxfile.py -s demo``, which installs the core and the directory releaser
+into a fresh environment first. Everything it writes lands in ``.demo/`` at the repository root.
+Each step prints the command it runs, then what turnout said; a step with an unexpected exit
+code stops the demo. ``TURNOUT_DEMO_DIR`` moves ``.demo/`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(os.environ.get("TURNOUT_DEMO_DIR", ROOT / ".demo")).resolve()
+DB = WORK / "registry.db"
+WWW = WORK / "www"
+# The script installed beside this interpreter, so the demo works without an activated venv.
+TURNOUT = shutil.which("turnout", path=str(Path(sys.executable).parent)) or "turnout"
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def turnout(*args: str, expect: int = 0, quiet: bool = False) -> str:
+    """Run the turnout CLI against the demo registry; check its exit code; return stdout."""
+    command = [TURNOUT, "--db", str(DB), *args]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    if not quiet:
+        shown = shlex.join(["turnout", *command[1:]]).replace(str(ROOT) + "/", "")
+        print(f"$ {shown}", flush=True)
+        for stream in (done.stdout, done.stderr):
+            if stream.strip():
+                print(stream.rstrip(), flush=True)
+        print(f"(exit code {done.returncode})", flush=True)
+    if done.returncode != expect:
+        sys.exit(f"demo: expected exit code {expect}, got {done.returncode}: {done.stderr}")
+    return done.stdout
+
+
+def make_build(number: int) -> Path:
+    """A .tar.gz of demo/site with its build number filled in."""
+    build = WORK / f"build-{number}"
+    shutil.copytree(ROOT / "demo" / "site", build)
+    index = build / "index.html"
+    index.write_text(index.read_text().replace("@BUILD@", str(number)))
+    archive = WORK / f"site-{number}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(build, arcname=".")
+    return archive
+
+
+def main() -> None:
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir()
+    shutil.copy(ROOT / "registry.db.example", DB)
+    os.environ.pop("TURNOUT_DATABASE_URL", None)
+
+    step("The example registry, copied to .demo/registry.db, is at the latest migration")
+    turnout("db", "upgrade")
+    turnout("target", "list")
+
+    step("Releasers installed in this environment")
+    turnout("plugin", "list")
+
+    step("Point a new target at directory@1.0.0, publishing into .demo/www")
+    turnout(
+        "target",
+        "set",
+        "demo-site",
+        "directory@1.0.0",
+        "--config",
+        f"root={WWW}",
+        "--config",
+        "keep=3",
+        "--reason",
+        "demo",
+    )
+
+    step("Release build 1 with key build-1")
+    turnout(
+        "release", "demo-site", str(make_build(1)), "--key", "build-1", "--context", "customer=acme"
+    )
+
+    step("A job runner delivers the same event again: same key, nothing runs")
+    turnout(
+        "release",
+        "demo-site",
+        str(WORK / "site-1.tar.gz"),
+        "--key",
+        "build-1",
+        "--context",
+        "customer=acme",
+    )
+
+    step("Release build 2 with key build-2: a new folder, and current switches to it")
+    turnout(
+        "release", "demo-site", str(make_build(2)), "--key", "build-2", "--context", "customer=acme"
+    )
+
+    step("Reusing key build-1 for another artifact is refused (exit 65); nothing runs")
+    turnout(
+        "release",
+        "demo-site",
+        str(WORK / "site-2.tar.gz"),
+        "--key",
+        "build-1",
+        "--context",
+        "customer=acme",
+        expect=65,
+    )
+
+    step("Pointing the target at a version that is not installed is refused (exit 78)")
+    turnout("target", "set", "demo-site", "directory@9.9.9", expect=78)
+    turnout("target", "show", "demo-site")
+
+    step("What was recorded")
+    turnout("releases", "--target", "demo-site")
+
+    recorded = json.loads(turnout("releases", "--target", "demo-site", "--json", quiet=True))
+    second, first = (r["result"] for r in recorded)
+    current = (WWW / "current").resolve()
+    folders = sorted(p.name for p in (WWW / "releases").iterdir() if not p.name.startswith("."))
+    step("What happened")
+    print(f"release folders: {', '.join(folders)}")
+    print(f"build 1 -> {first['path']}")
+    print(f"build 2 -> {second['path']}")
+    print(f".demo/www/current -> {current.relative_to(WWW)}")
+    print(
+        f"served page says: {(current / 'index.html').read_text().split('<p>')[1].split('</p>')[0]}"
+    )
+    if len(folders) != 2 or current.name != second["release_id"]:
+        sys.exit("demo: expected two release folders with current on build 2")
+    print("\nTwo releases ran; the repeated key ran nothing; the refusals changed nothing.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The directory releaser driven through turnout, on real folders and archives."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from turnout import ConfigRejectedError, ReleaseFailedError, Status, Turnout
+
+pytestmark = pytest.mark.usefixtures("plugin_site")
+
+
+@pytest.fixture
+def tt(db_path: Path, tmp_path: Path) -> Turnout:
+    handle = Turnout(str(db_path))
+    handle.set_target("web", "directory@1.0.0", config={"root": str(tmp_path / "www"), "keep": 2})
+    yield handle
+    handle.close()
+
+
+def _site(tmp_path: Path, name: str, body: str) -> Path:
+    site = tmp_path / name
+    site.mkdir()
+    (site / "index.html").write_text(body)
+    return site
+
+
+def test_directory_release_switches_current_and_is_idempotent(tt: Turnout, tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    first = tt.release("web", str(_site(tmp_path, "v1", "one")), key="build-1")
+    assert first.status is Status.SUCCEEDED
+    assert (www / "current" / "index.html").read_text() == "one"
+    again = tt.release("web", str(tmp_path / "v1"), key="build-1")
+    assert again.reused
+    assert again.result == first.result
+    second = tt.release("web", str(_site(tmp_path, "v2", "two")), key="build-2")
+    assert (www / "current" / "index.html").read_text() == "two"
+    assert second.result is not None
+    assert (www / "current").resolve() == Path(second.result["path"])
+    releases = [p for p in (www / "releases").iterdir() if not p.name.startswith(".")]
+    assert len(releases) == 2
+
+
+def test_directory_release_refuses_an_escaping_archive(tt: Turnout, tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"owned"
+        info = tarfile.TarInfo("../../escaped.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ReleaseFailedError) as raised:
+        tt.release("web", str(archive), key="evil-1")
+    record = raised.value.release
+    assert record.attempts == 1
+    assert record.retryable is False
+    assert "../../escaped.txt" in (record.error or "")
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "www" / "current").exists()
+
+
+def test_directory_target_config_is_validated(tt: Turnout) -> None:
+    with pytest.raises(ConfigRejectedError) as raised:
+        tt.set_target("web", "directory@1.0.0", config={"root": "relative/path"})
+    assert "root" in str(raised.value)
+    assert tt.registry.get_target("web").config["keep"] == 2
