@@ -279,3 +279,13 @@ def test_cli_console_script_end_to_end(db_path: Path, calls_file: Path) -> None:
     assert turnout("release", "nowhere", "a.tgz", "--key", "x").returncode == 78
     assert turnout("release", "site", "a.tgz").returncode == 2
     assert len(read_calls(calls_file)) == 1
+
+
+def test_cli_empty_listings_say_what_to_do(run) -> None:
+    targets = run("target", "list")
+    assert targets.exit_code == 0
+    assert targets.stdout == ""
+    assert "turnout target set" in targets.stderr
+    releases = run("releases")
+    assert releases.stdout == ""
+    assert "no releases recorded" in releases.stderr

@@ -19,6 +19,7 @@ import click
 
 from turnout import __version__
 from turnout.errors import EXIT_USAGE, ConfigurationError, TurnoutError, UsageError
+from turnout.hookspecs import ENTRY_POINT_GROUP
 
 if TYPE_CHECKING:
     from turnout.registry import TargetSpec
@@ -275,6 +276,9 @@ def target_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _print_json([_target_dict(t) for t in targets])
         return
+    if not targets:
+        _say("no targets yet; create one with: turnout target set NAME PLUGIN@VERSION")
+        return
     _print_table(
         "targets",
         ["name", "plugin", "max attempts", "timeout", "revision"],
@@ -336,6 +340,9 @@ def plugin_list(ctx: click.Context, as_json: bool) -> None:
     ]
     if as_json:
         _print_json(rows)
+        return
+    if not rows:
+        _say(f"no releasers installed; pip install one that declares {ENTRY_POINT_GROUP!r}")
         return
     _print_table(
         "plugins",
@@ -450,6 +457,9 @@ def releases(ctx: click.Context, target_name: str | None, limit: int, as_json: b
     records = handle.ledger.recent(target=target_name, limit=limit)
     if as_json:
         _print_json([r.to_dict() for r in records])
+        return
+    if not records:
+        _say("no releases recorded" + (f" for target {target_name!r}" if target_name else ""))
         return
     _print_table(
         "releases",

@@ -18,7 +18,12 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from turnout import _db, _secrets, environment, retries
-from turnout.errors import ConfigRejectedError, ConfigurationError, TurnoutError, UsageError
+from turnout.errors import (
+    ConfigRejectedError,
+    ConfigurationError,
+    UnknownTargetError,
+    UsageError,
+)
 from turnout.refs import PluginRef
 from turnout.registry import Registry, TargetChange, TargetSpec
 from turnout.releaser import MalformedResultError, PluggyReleaser
@@ -249,11 +254,9 @@ class Turnout:
             raise UsageError(f"invalid target name {name!r}")
         found = self._record(environment.find(ref))
         releaser = environment.load(ref, found.distribution, found.entry_point)
-        self.registry.ensure_schema()
-        current = None
         try:
-            current = self.registry.get_target(name)
-        except TurnoutError:
+            current: TargetSpec | None = self.registry.get_target(name)
+        except UnknownTargetError:
             current = None
         effective = config if config is not None else (current.config if current else {})
         self._validate(releaser, ref, effective, name)
