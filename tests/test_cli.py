@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 from helpers import read_calls
 
+from turnout import _db
 from turnout.cli import cli
 
 pytestmark = pytest.mark.usefixtures("plugin_site")
@@ -44,7 +45,7 @@ def test_cli_db_upgrade_creates_and_reports(run, tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.db"
     result = run("db", "upgrade", "--json", db=fresh)
     assert result.exit_code == 0
-    assert _json(result)["after"] == "0001"
+    assert _json(result)["after"] == _db.SCHEMA_HEAD
     assert _json(result)["before"] is None
     again = run("db", "upgrade", db=fresh)
     assert again.exit_code == 0

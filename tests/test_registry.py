@@ -167,6 +167,7 @@ def test_target_set_creates_and_records_a_revision(tt: Turnout) -> None:
         "config": {"a": 1},
         "max_attempts": 3,
         "timeout": 60.0,
+        "isolation": "process",
     }
 
 

@@ -161,10 +161,11 @@ def test_release_permanent_error_is_tried_once(
 @pytest.mark.parametrize(
     ("failure", "exc_type"), [("keyboard", KeyboardInterrupt), ("systemexit", SystemExit)]
 )
-def test_release_interrupt_is_tried_once_recorded_and_reraised(
+def test_release_inline_interrupt_is_tried_once_recorded_and_reraised(
     tt: Turnout, calls_file: Path, failure: str, exc_type: type[BaseException]
 ) -> None:
     echo_target(tt, calls_file, fail_with=failure)
+    tt.set_target("site", "echo@1.0.0", isolation="inline")
     with pytest.raises(exc_type):
         tt.release("site", "a.tgz", key="int-1")
     assert len(read_calls(calls_file)) == 1
@@ -174,6 +175,22 @@ def test_release_interrupt_is_tried_once_recorded_and_reraised(
     assert record.attempts == 1
 
 
+@pytest.mark.parametrize(
+    ("failure", "exc_type"), [("keyboard", KeyboardInterrupt), ("systemexit", SystemExit)]
+)
+def test_release_worker_interrupt_is_a_permanent_failure_tried_once(
+    tt: Turnout, calls_file: Path, failure: str, exc_type: type[BaseException]
+) -> None:
+    """Raised inside a worker, it stops the plugin's process, not the caller: tried once."""
+    echo_target(tt, calls_file, fail_with=failure)
+    with pytest.raises(ReleaseFailedError) as raised:
+        tt.release("site", "a.tgz", key="int-2")
+    assert type(raised.value) is ReleaseFailedError
+    assert raised.value.release.error_type == exc_type.__name__
+    assert raised.value.release.attempts == 1
+    assert len(read_calls(calls_file)) == 1
+
+
 @pytest.mark.parametrize("kind", ["list", "none", "object", "big"])
 def test_release_malformed_result_is_never_success(tt: Turnout, kind: str) -> None:
     tt.set_target("bad", "badresult@0.1.0", config={"kind": kind})
@@ -181,7 +198,7 @@ def test_release_malformed_result_is_never_success(tt: Turnout, kind: str) -> No
         tt.release("bad", "a.tgz", key=f"r-{kind}")
     record = raised.value.release
     assert record.status is Status.FAILED
-    assert record.error_type == "turnout.releaser.MalformedResultError"
+    assert record.error_type == "turnout.MalformedResultError"
     assert record.attempts == 1
     assert record.result is None
 

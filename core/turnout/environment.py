@@ -99,7 +99,8 @@ def find(ref: PluginRef) -> EnvironmentPlugin:
         str(ref),
         f"{ref} is not installed: no distribution in turnout's environment provides "
         f"plugin id {ref.plugin_id!r} (entry-point group {ENTRY_POINT_GROUP})",
-        "install the distribution that provides it with pip, then check with: turnout plugin list",
+        "install it into the store with: turnout plugin install DISTRIBUTION==VERSION "
+        "(or beside turnout with pip), then check with: turnout plugin list",
     )
 
 

@@ -15,6 +15,9 @@ facts as attributes and maps to exactly one CLI exit code (``exit_code``)::
     │   ├── SecretNotFoundError (LookupError)        78  an `env:` / `file:` reference failed
     │   └── DatabaseNotMigratedError                 78
     ├── RegistryUnavailableError (ConnectionError)   75  the database cannot be reached
+    ├── PluginInstallError                            1  an install into the store failed
+    ├── WorkerCrashedError (ConnectionError)         75  a worker died mid-call (transient)
+    ├── WorkerTimeoutError (TimeoutError)            75  a call passed its deadline (transient)
     ├── KeyMismatchError                             65  same key, different request
     ├── ReleaseInProgressError                       75  same key, still running elsewhere
     └── ReleaseFailedError                            1  the releaser failed permanently
@@ -140,6 +143,37 @@ class RegistryUnavailableError(TurnoutError, ConnectionError):
     """The registry database could not be reached or written."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+class PluginInstallError(TurnoutError):
+    """Installing a plugin version into the store failed; nothing was installed."""
+
+
+class WorkerCrashedError(TurnoutError, ConnectionError):
+    """A worker process died during a call (exit, signal, segfault); transient by the rule."""
+
+    exit_code = EXIT_TEMPFAIL
+
+    def __init__(self, plugin_ref: str, how: str, output: str = "") -> None:
+        self.plugin_ref = plugin_ref
+        self.how = how
+        self.output = output
+        super().__init__(f"the worker for {plugin_ref} {how}")
+
+
+class WorkerTimeoutError(TurnoutError, TimeoutError):
+    """A call passed its deadline; the worker's process group was terminated."""
+
+    exit_code = EXIT_TEMPFAIL
+
+    def __init__(self, plugin_ref: str, timeout: float, output: str = "") -> None:
+        self.plugin_ref = plugin_ref
+        self.timeout = timeout
+        self.output = output
+        super().__init__(
+            f"{plugin_ref} did not answer within {timeout:g}s; its worker's process group "
+            "was terminated"
+        )
 
 
 class KeyMismatchError(TurnoutError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -32,8 +32,10 @@ def _json(*, nullable: bool = False) -> Any:
 class PluginVersion(SQLModel, table=True):
     """A plugin version turnout knows about, and where its code lives.
 
-    ``source`` is ``environment`` for plugins installed into turnout's own environment; the
-    store (one isolated environment per version) adds ``store`` rows.
+    ``source`` is ``environment`` for plugins installed into turnout's own environment (then
+    ``location`` is the folder it was found in) or ``store`` for the store's isolated
+    environments (then ``location`` is the environment's digest, the same on every machine,
+    ``hashes`` the sha256 of each of its files and ``requirement`` what was installed).
     """
 
     __tablename__ = "plugin_versions"
@@ -46,6 +48,7 @@ class PluginVersion(SQLModel, table=True):
     entry_point: str
     source: str
     location: str
+    requirement: str | None = None
     hashes: dict[str, str] = _json()
     recorded_at: datetime = _timestamp()
 
@@ -61,6 +64,7 @@ class Target(SQLModel, table=True):
     config: dict[str, Any] = _json()
     max_attempts: int
     timeout: float
+    isolation: str = Field(default="process", sa_column_kwargs={"server_default": "process"})
     revision: int
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
@@ -88,7 +92,8 @@ class Release(SQLModel, table=True):
     """One release request, its attempts and its outcome.
 
     ``retryable`` says whether the final error was transient, so that asking again with the
-    same key answers with the original exit code.
+    same key answers with the original exit code. ``output`` is the tail of what the plugin
+    printed, when it ran in a worker process.
     """
 
     __tablename__ = "releases"
@@ -111,5 +116,6 @@ class Release(SQLModel, table=True):
     error: str | None = None
     error_type: str | None = None
     retryable: bool | None = None
+    output: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     started_at: datetime = _timestamp(index=True)
     finished_at: datetime | None = _timestamp(nullable=True)

@@ -23,6 +23,8 @@ from turnout.refs import PluginRef
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_ISOLATION = "process"
+ISOLATIONS = ("process", "inline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class TargetSpec:
     config: dict[str, Any]
     max_attempts: int
     timeout: float
+    isolation: str
     revision: int
 
     def snapshot(self) -> dict[str, Any]:
@@ -43,6 +46,7 @@ class TargetSpec:
             "config": self.config,
             "max_attempts": self.max_attempts,
             "timeout": self.timeout,
+            "isolation": self.isolation,
         }
 
 
@@ -62,6 +66,7 @@ def _spec(row: Target) -> TargetSpec:
         config=dict(row.config),
         max_attempts=row.max_attempts,
         timeout=row.timeout,
+        isolation=row.isolation,
         revision=row.revision,
     )
 
@@ -125,6 +130,7 @@ class Registry:
             config=dict(row.config),
             max_attempts=row.max_attempts,
             timeout=row.timeout,
+            isolation=row.isolation,
             revision=row.revision,
         )
 
@@ -141,6 +147,7 @@ class Registry:
         config: dict[str, Any] | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        isolation: str | None = None,
         actor: str,
         reason: str,
     ) -> TargetChange:
@@ -166,6 +173,7 @@ class Registry:
                     config=config or {},
                     max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
                     timeout=timeout or DEFAULT_TIMEOUT,
+                    isolation=isolation or DEFAULT_ISOLATION,
                     revision=(last or 0) + 1,
                     created_at=now,
                     updated_at=now,
@@ -175,14 +183,22 @@ class Registry:
                 new_config = before.config if config is None else config
                 new_attempts = before.max_attempts if max_attempts is None else max_attempts
                 new_timeout = before.timeout if timeout is None else timeout
-                proposed = (str(plugin_ref), new_config, new_attempts, new_timeout)
-                if proposed == tuple(before.snapshot().values()):
+                new_isolation = before.isolation if isolation is None else isolation
+                proposed = {
+                    "plugin": str(plugin_ref),
+                    "config": new_config,
+                    "max_attempts": new_attempts,
+                    "timeout": new_timeout,
+                    "isolation": new_isolation,
+                }
+                if proposed == before.snapshot():
                     return TargetChange(before, before, changed=False)
                 row.plugin_id = plugin_ref.plugin_id
                 row.plugin_version = plugin_ref.version
                 row.config = new_config
                 row.max_attempts = new_attempts
                 row.timeout = new_timeout
+                row.isolation = new_isolation
                 row.revision += 1
                 row.updated_at = now
             s.add(row)
@@ -257,6 +273,7 @@ class Registry:
         entry_point: str,
         location: str,
         hashes: dict[str, str] | None = None,
+        requirement: str | None = None,
     ) -> PluginVersion:
         """Record (or refresh) where ``ref`` from ``source`` lives."""
         with self.session() as s:
@@ -280,9 +297,33 @@ class Registry:
             row.entry_point = entry_point
             row.location = location
             row.hashes = hashes or {}
+            row.requirement = requirement
             row.recorded_at = utcnow()
             s.add(row)
         return row
+
+    def plugin_versions(self, source: str | None = None) -> list[PluginVersion]:
+        """Every recorded plugin version (of one source), by id and version."""
+        with self.session() as s:
+            query = select(PluginVersion).order_by(
+                col(PluginVersion.plugin_id), col(PluginVersion.version), col(PluginVersion.source)
+            )
+            if source is not None:
+                query = query.where(PluginVersion.source == source)
+            return list(s.exec(query))
+
+    def forget_plugin_version(self, ref: PluginRef, source: str) -> None:
+        """Delete the record of ``ref`` from ``source`` (its files are the store's business)."""
+        with self.session() as s:
+            row = s.exec(
+                select(PluginVersion).where(
+                    PluginVersion.plugin_id == ref.plugin_id,
+                    PluginVersion.version == ref.version,
+                    PluginVersion.source == source,
+                )
+            ).one_or_none()
+            if row is not None:
+                s.delete(row)
 
     def targets_by_plugin(self) -> dict[str, list[str]]:
         """Target names keyed by the plugin ref they point to."""

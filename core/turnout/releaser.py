@@ -6,26 +6,28 @@ subset of a hook's arguments. This module imports only the standard library and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import pluggy
 
 from turnout import hookspecs
+from turnout._serve import MalformedResultError, check_result
 
-MAX_RESULT_BYTES = 1 << 20
-"""A result larger than this (as JSON) is malformed: results are records, not payloads."""
-
-
-class MalformedResultError(Exception):
-    """A releaser returned something other than a JSON-serialisable mapping; permanent."""
+__all__ = ["MalformedResultError", "PluggyReleaser", "Releaser", "check_result"]
 
 
 class Releaser(Protocol):
-    """What the runtime needs from a loaded plugin version, wherever it runs."""
+    """What the runtime needs from a loaded plugin version, inline or in a worker process.
 
-    def validate_config(self, config: Mapping[str, Any]) -> None: ...
+    ``timeout`` bounds one call in seconds where the releaser can enforce it (a worker
+    process can; an inline plugin cannot). ``output`` is what the plugin printed during the
+    last call, when it was captured.
+    """
+
+    output: str
+
+    def validate_config(self, config: Mapping[str, Any], *, timeout: float) -> None: ...
 
     def release(
         self,
@@ -36,11 +38,14 @@ class Releaser(Protocol):
         context: Mapping[str, str],
         idempotency_key: str,
         attempt: int,
+        timeout: float,
     ) -> dict[str, Any]: ...
 
 
 class PluggyReleaser:
     """A releaser object (module or instance) registered alone in its own plugin manager."""
+
+    output = ""  # inline plugins print straight to the caller's streams
 
     def __init__(self, plugin: object, name: str) -> None:
         self.name = name
@@ -58,7 +63,7 @@ class PluggyReleaser:
         """Whether the plugin implements ``turnout_probe``."""
         return bool(self.manager.hook.turnout_probe.get_hookimpls())
 
-    def validate_config(self, config: Mapping[str, Any]) -> None:
+    def validate_config(self, config: Mapping[str, Any], *, timeout: float = 0) -> None:
         """Run the plugin's ``turnout_validate_config``; raises ``ValueError`` on a bad config."""
         self.manager.hook.turnout_validate_config(config=config)
 
@@ -71,8 +76,9 @@ class PluggyReleaser:
         context: Mapping[str, str],
         idempotency_key: str,
         attempt: int,
+        timeout: float = 0,
     ) -> dict[str, Any]:
-        """Call ``turnout_release`` once and check that the result is a JSON mapping."""
+        """Call ``turnout_release`` once and check the result; ``timeout`` is not enforced."""
         result = self.manager.hook.turnout_release(
             artifact=artifact,
             target=target,
@@ -82,24 +88,3 @@ class PluggyReleaser:
             attempt=attempt,
         )
         return check_result(result)
-
-
-def check_result(result: object) -> dict[str, Any]:
-    """Return ``result`` as a JSON-safe dict, or raise :class:`MalformedResultError`."""
-    if not isinstance(result, Mapping):
-        raise MalformedResultError(
-            f"turnout_release must return a mapping, got {type(result).__name__}"
-        )
-    try:
-        encoded = json.dumps(dict(result), allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise MalformedResultError(
-            f"turnout_release returned a result that is not JSON: {exc}"
-        ) from None
-    if len(encoded) > MAX_RESULT_BYTES:
-        raise MalformedResultError(
-            f"turnout_release returned {len(encoded)} bytes of JSON, "
-            f"over the limit of {MAX_RESULT_BYTES}"
-        )
-    decoded: dict[str, Any] = json.loads(encoded)
-    return decoded

@@ -50,6 +50,7 @@ class Status(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    TIMED_OUT = "timed_out"
 
 
 def validate_key(key: str) -> str:
@@ -134,6 +135,7 @@ class ReleaseRecord:
     error: str | None
     error_type: str | None
     retryable: bool | None
+    output: str | None
     started_at: datetime
     finished_at: datetime | None
     reused: bool = False
@@ -190,6 +192,7 @@ class ReleaseRecord:
             error=row["error"],
             error_type=row["error_type"],
             retryable=row["retryable"],
+            output=row["output"],
             started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
             finished_at=_aware(row["finished_at"]),
             reused=reused,
@@ -264,6 +267,7 @@ class Ledger:
         error: str | None = None,
         error_type: str | None = None,
         retryable: bool | None = None,
+        output: str | None = None,
     ) -> None:
         """Record the outcome of a release this process claimed."""
         values = {
@@ -273,6 +277,7 @@ class Ledger:
             "error": error,
             "error_type": error_type,
             "retryable": retryable,
+            "output": output,
             "finished_at": utcnow(),
         }
         statement = (

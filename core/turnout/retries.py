@@ -21,23 +21,15 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from turnout._serve import is_transient
+
+__all__ = ["is_transient", "release_policy"]
+
 log = logging.getLogger("turnout.retries")
 
 BACKOFF_MULTIPLIER = 0.5
 """Seconds; the n-th wait is drawn uniformly from [0, 0.5 * 2**(n-1)] (full jitter)."""
 BACKOFF_MAX = 30.0
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether the contract allows retrying after ``exc``."""
-    if not isinstance(exc, Exception):
-        return False
-    if isinstance(exc, TimeoutError | ConnectionError):
-        return True
-    try:
-        return bool(getattr(exc, "retryable", False))
-    except Exception:  # noqa: BLE001 - a broken __getattr__ on a plugin's error means "no"
-        return False
 
 
 def release_policy(

@@ -1,8 +1,9 @@
 """The release path and the checked registry edits that the CLI and the Python API share.
 
-One release: validate the request, read the target, load exactly its plugin version, claim the
-idempotency key (committed before any plugin code runs), call ``turnout_release`` under the
-retry policy with the same key every attempt, and record the outcome.
+One release: validate the request, read the target, get exactly its plugin version (a warm
+worker process, or the inline copy), claim the idempotency key (committed before any hook
+runs), call ``turnout_release`` under the retry policy with the same key every attempt, and
+record the outcome.
 """
 
 from __future__ import annotations
@@ -10,23 +11,41 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 from sqlalchemy.engine import URL
 
 from turnout import _db, _secrets, environment, retries
+from turnout._serve import MalformedResultError, qualified_name
 from turnout.errors import (
     ConfigRejectedError,
     ConfigurationError,
+    PluginInstallError,
+    PluginNotInstalledError,
     UnknownTargetError,
     UsageError,
+    WorkerTimeoutError,
 )
+from turnout.models import PluginVersion
 from turnout.refs import PluginRef
-from turnout.registry import Registry, TargetChange, TargetSpec
-from turnout.releaser import MalformedResultError, PluggyReleaser
+from turnout.registry import (
+    DEFAULT_ISOLATION,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+    ISOLATIONS,
+    Registry,
+    TargetChange,
+    TargetSpec,
+)
+from turnout.releaser import Releaser
 from turnout.releases import (
     Ledger,
     ReleaseRecord,
@@ -35,10 +54,13 @@ from turnout.releases import (
     validate_context,
     validate_key,
 )
+from turnout.store import InstallRequest, Store, StorePlugin
+from turnout.worker import WorkerError, WorkerReleaser, WorkerSpec
 
 log = logging.getLogger("turnout")
 
 ACTOR_ENV = "TURNOUT_ACTOR"
+OUTPUT_LIMIT = 64 << 10
 
 
 def default_actor() -> str:
@@ -52,12 +74,23 @@ def default_actor() -> str:
         return "unknown"
 
 
+@dataclass(frozen=True, slots=True)
+class InstallOutcome:
+    """One releaser an install provided, and whether it was new to the registry."""
+
+    plugin: StorePlugin
+    digest: str
+    status: str  # "installed" | "unchanged"
+
+
 class Turnout:
-    """A handle on one registry: releases and checked edits of its targets.
+    """A handle on one registry and one plugin store: releases and checked edits.
 
     Args:
         db: A database URL or a SQLite file path; defaults to ``TURNOUT_DATABASE_URL``, then
             ``sqlite:///registry.db``.
+        home: The plugin store's folder; defaults to ``TURNOUT_HOME``, then the platform's user
+            data folder.
         sleep: How to wait between attempts (tests inject a fake).
     """
 
@@ -65,16 +98,23 @@ class Turnout:
         self,
         db: URL | str | None = None,
         *,
+        home: str | os.PathLike[str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.registry = Registry(db)
         self.ledger = Ledger(self.registry.engine)
+        self.store = Store(home)
         self._sleep = sleep
-        self._releasers: dict[PluginRef, PluggyReleaser] = {}
+        self._releasers: dict[tuple[PluginRef, str], Releaser] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Stop this handle's worker processes and release the database connections."""
+        with self._lock:
+            releasers, self._releasers = list(self._releasers.values()), {}
+        for releaser in releasers:
+            if isinstance(releaser, WorkerReleaser):
+                releaser.close()
         self.registry.close()
 
     def __enter__(self) -> Turnout:
@@ -101,7 +141,7 @@ class Turnout:
 
         Raises:
             ReleaseFailedError: The releaser failed permanently (``TransientReleaseError``: it
-                failed transiently on every attempt); the failure is recorded.
+                failed transiently on every attempt, or timed out); the failure is recorded.
             KeyMismatchError: ``key`` was used before for a different request; nothing ran.
             ReleaseInProgressError: ``key``'s release is running elsewhere; nothing ran.
             ConfigurationError: Unknown target, plugin version not installed or not loadable,
@@ -115,17 +155,15 @@ class Turnout:
         spec = self.registry.get_target(target)
         print_ = fingerprint(spec.name, artifact, spec.plugin_ref, spec.config, ctx)
         try:
-            releaser = self._releaser(spec.plugin_ref)
-            self._validate(releaser, spec.plugin_ref, spec.config, spec.name)
+            releaser = self._releaser(spec.plugin_ref, spec.isolation, spec.timeout)
+            self._validate(releaser, spec, spec.config)
             config, secrets = _secrets.resolve(spec.config)
         except ConfigurationError:
             # A key that was already released still answers with its outcome.
             earlier = self.ledger.find(spec.name, key)
-            if earlier is not None and earlier.status is not Status.RUNNING:
-                if earlier.fingerprint != print_:
-                    raise
-                return earlier.raise_for_status()
-            raise
+            if earlier is None or earlier.status is Status.RUNNING or earlier.fingerprint != print_:
+                raise
+            return earlier.raise_for_status()
         release_id, earlier = self.ledger.claim(
             target=spec.name,
             key=key,
@@ -137,95 +175,82 @@ class Turnout:
         if earlier is not None:
             log.info("release %s: key %r already released; nothing ran", release_id, key)
             return earlier.raise_for_status()
-        self._run(release_id, spec, releaser, artifact, config, secrets, ctx, key)
+        _Attempts(self, release_id, spec, releaser, secrets).run(
+            artifact=artifact, config=config, context=ctx, key=key
+        )
         record = self.ledger.get(release_id)
         assert record is not None  # noqa: S101 - claimed above
         return record.raise_for_status()
 
-    def _run(
-        self,
-        release_id: str,
-        spec: TargetSpec,
-        releaser: PluggyReleaser,
-        artifact: str,
-        config: dict[str, Any],
-        secrets: list[str],
-        ctx: dict[str, str],
-        key: str,
-    ) -> None:
-        attempts = 0
-
-        def attempt() -> dict[str, Any]:
-            nonlocal attempts
-            attempts += 1
-            return releaser.release(
-                artifact=artifact,
-                target=spec.name,
-                config=config,
-                context=ctx,
-                idempotency_key=key,
-                attempt=attempts,
-            )
-
-        policy = retries.release_policy(
-            max_attempts=spec.max_attempts,
-            deadline=spec.timeout * spec.max_attempts,
-            sleep=self._sleep,
-        )
-        try:
-            result = policy(attempt)
-        except BaseException as exc:
-            transient = retries.is_transient(exc)
-            if isinstance(exc, MalformedResultError):
-                transient = False
-            message = _secrets.redact(f"{type(exc).__name__}: {exc}", secrets)
-            self.ledger.finish(
-                release_id,
-                status=Status.FAILED,
-                attempts=attempts,
-                error=message,
-                error_type=_qualified_name(type(exc)),
-                retryable=transient,
-            )
-            log.warning("release %s failed after %d attempt(s): %s", release_id, attempts, message)
-            if not isinstance(exc, Exception):
-                raise  # KeyboardInterrupt, SystemExit: recorded, then honoured
-            return
-        self.ledger.finish(release_id, status=Status.SUCCEEDED, attempts=attempts, result=result)
-        log.info("release %s succeeded after %d attempt(s)", release_id, attempts)
-
-    def _releaser(self, ref: PluginRef) -> PluggyReleaser:
+    def _releaser(self, ref: PluginRef, isolation: str, timeout: float) -> Releaser:
+        """The loaded releaser for ``ref``: found through the registry, never by a scan."""
         with self._lock:
-            releaser = self._releasers.get(ref)
+            releaser = self._releasers.get((ref, isolation))
             if releaser is None:
-                row = self.registry.find_plugin_version(ref, environment.SOURCE)
-                if row is None:
-                    found = self._record(environment.find(ref))
-                    distribution, entry_point = found.distribution, found.entry_point
-                else:
-                    distribution, entry_point = row.distribution, row.entry_point
-                releaser = environment.load(ref, distribution, entry_point)
-                self._releasers[ref] = releaser
+                releaser = self._load(ref, isolation, timeout)
+                self._releasers[(ref, isolation)] = releaser
             return releaser
 
-    def _record(self, plugin: environment.EnvironmentPlugin) -> environment.EnvironmentPlugin:
-        self.registry.record_plugin_version(
+    def _load(self, ref: PluginRef, isolation: str, timeout: float) -> Releaser:
+        if isolation == "process":
+            stored = self.registry.find_plugin_version(ref, "store")
+            if stored is not None:
+                if not self.store.has(stored.location):
+                    raise PluginNotInstalledError(
+                        str(ref),
+                        f"{ref} is in the registry's store but not on this machine "
+                        f"(environment {stored.location} is missing from {self.store.envs})",
+                        f"run: turnout plugin install '{stored.requirement}'",
+                    )
+                path = (str(self.store.path(stored.location)),)
+                return self._start_worker(ref, stored, path, timeout)
+        row = self._environment_row(ref, isolation)
+        if isolation == "inline":
+            return environment.load(ref, row.distribution, row.entry_point)
+        # Only turnout's environment has this version: it still runs in its own process (with
+        # deadlines and crash containment), on turnout's own path, which is its environment.
+        return self._start_worker(ref, row, tuple(p for p in sys.path if p), timeout)
+
+    def _environment_row(self, ref: PluginRef, isolation: str) -> PluginVersion:
+        row = self.registry.find_plugin_version(ref, environment.SOURCE)
+        if row is not None:
+            return row
+        try:
+            return self._record(environment.find(ref))
+        except PluginNotInstalledError:
+            if isolation == "inline" and self.registry.find_plugin_version(ref, "store"):
+                raise PluginNotInstalledError(
+                    str(ref),
+                    f"{ref} is only in the store, and inline isolation runs plugins installed "
+                    "in turnout's own environment",
+                    "use --isolation process, or pip install it beside turnout",
+                ) from None
+            raise
+
+    def _start_worker(
+        self, ref: PluginRef, row: PluginVersion, path: tuple[str, ...], timeout: float
+    ) -> WorkerReleaser:
+        spec = WorkerSpec(ref.plugin_id, ref.version, row.distribution, row.entry_point, path)
+        self.store.workers.mkdir(parents=True, exist_ok=True)
+        releaser = WorkerReleaser(spec, home=self.store.workers, start_timeout=timeout)
+        releaser.ensure_started()
+        return releaser
+
+    def _record(self, plugin: environment.EnvironmentPlugin) -> PluginVersion:
+        return self.registry.record_plugin_version(
             plugin.ref,
             source=environment.SOURCE,
             distribution=plugin.distribution,
             entry_point=plugin.entry_point,
             location=plugin.location,
         )
-        return plugin
 
     @staticmethod
-    def _validate(
-        releaser: PluggyReleaser, ref: PluginRef, config: Mapping[str, Any], target: str
-    ) -> None:
+    def _validate(releaser: Releaser, spec: TargetSpec, config: Mapping[str, Any]) -> None:
         try:
-            releaser.validate_config(config)
+            releaser.validate_config(config, timeout=spec.timeout)
         except ValueError as exc:
-            raise ConfigRejectedError(str(ref), str(exc), target) from exc
+            raise ConfigRejectedError(str(spec.plugin_ref), str(exc), spec.name) from exc
 
     # Registry edits ----------------------------------------------------------------------
 
@@ -237,43 +262,254 @@ class Turnout:
         config: dict[str, Any] | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        isolation: str | None = None,
         actor: str | None = None,
         reason: str = "",
     ) -> TargetChange:
         """Point a target at an installed plugin version, after the plugin accepts its config.
 
         Refused, with the row left as it was, when the ref is not an exact pin, the version is
-        not installed, or the plugin's ``turnout_validate_config`` rejects the config.
+        not installed (in the store, or in turnout's environment for inline isolation), its
+        code does not load, or its ``turnout_validate_config`` rejects the config.
         """
         ref = plugin if isinstance(plugin, PluginRef) else PluginRef.parse(plugin)
         if max_attempts is not None and max_attempts < 1:
             raise UsageError("max attempts must be at least 1")
         if timeout is not None and timeout <= 0:
             raise UsageError("timeout must be a positive number of seconds")
+        if isolation is not None and isolation not in ISOLATIONS:
+            raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}")
         if not name or len(name) > 200 or not name.isprintable() or name.strip() != name:
             raise UsageError(f"invalid target name {name!r}")
-        found = self._record(environment.find(ref))
-        releaser = environment.load(ref, found.distribution, found.entry_point)
         try:
             current: TargetSpec | None = self.registry.get_target(name)
         except UnknownTargetError:
             current = None
-        effective = config if config is not None else (current.config if current else {})
-        self._validate(releaser, ref, effective, name)
+        proposed = TargetSpec(
+            name=name,
+            plugin_ref=ref,
+            config=config if config is not None else (current.config if current else {}),
+            max_attempts=max_attempts
+            or (current.max_attempts if current else DEFAULT_MAX_ATTEMPTS),
+            timeout=timeout or (current.timeout if current else DEFAULT_TIMEOUT),
+            isolation=isolation or (current.isolation if current else DEFAULT_ISOLATION),
+            revision=0,
+        )
+        releaser = self._releaser(ref, proposed.isolation, proposed.timeout)
+        self._validate(releaser, proposed, proposed.config)
         return self.registry.set_target(
             name,
             ref,
             config=config,
             max_attempts=max_attempts,
             timeout=timeout,
+            isolation=isolation,
             actor=actor or default_actor(),
             reason=reason,
         )
 
+    # The store ---------------------------------------------------------------------------
 
-def _qualified_name(cls: type) -> str:
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    def install_plugin(self, request: InstallRequest) -> list[InstallOutcome]:
+        """Install a plugin version into the store and record it in the registry.
+
+        Installing what is already installed does nothing. A version already in the store
+        with other content is refused: a pin names one set of files, forever.
+
+        Raises:
+            PluginInstallError: The install failed or conflicts with the store; nothing changed.
+        """
+        self.registry.ensure_schema()
+        already = self._already_installed(request)
+        if already:
+            return already
+        installed = self.store.install(request)
+        outcomes = []
+        for plugin in installed.plugins:
+            row = self.registry.find_plugin_version(plugin.ref, "store")
+            if row is not None and row.location != installed.digest:
+                if installed.created and not self._digest_in_use(installed.digest):
+                    self.store.remove(installed.digest)
+                raise PluginInstallError(
+                    f"{plugin.ref} is already in the store with other content (environment "
+                    f"{row.location}, from {row.requirement!r}); nothing was installed. A pin "
+                    f"names one set of files: remove it first: turnout plugin remove {plugin.ref}"
+                )
+            if row is None:
+                self.registry.record_plugin_version(
+                    plugin.ref,
+                    source="store",
+                    distribution=plugin.distribution,
+                    entry_point=plugin.entry_point,
+                    location=installed.digest,
+                    hashes=installed.hashes,
+                    requirement=installed.requirement,
+                )
+            status = "installed" if row is None else "unchanged"
+            outcomes.append(InstallOutcome(plugin, installed.digest, status))
+        return outcomes
+
+    def _already_installed(self, request: InstallRequest) -> list[InstallOutcome]:
+        """For ``name==version``: the recorded versions of that distribution, if on this machine."""
+        if not request.spec or request.lockfile is not None:
+            return []
+        try:
+            requirement = Requirement(request.spec)
+        except InvalidRequirement:
+            return []
+        pins = [s.version for s in requirement.specifier if s.operator in ("==", "===")]
+        if len(pins) != 1 or "*" in pins[0]:
+            return []
+        name = canonicalize_name(requirement.name)
+        try:
+            version = str(Version(pins[0]))
+        except InvalidVersion:
+            return []
+        rows = [
+            row
+            for row in self.registry.plugin_versions("store")
+            if canonicalize_name(row.distribution) == name and row.version == version
+        ]
+        if not rows or not all(self.store.has(row.location) for row in rows):
+            return []
+        return [
+            InstallOutcome(
+                StorePlugin(PluginRef(r.plugin_id, r.version), r.distribution, r.entry_point),
+                r.location,
+                "unchanged",
+            )
+            for r in rows
+        ]
+
+    def _digest_in_use(self, digest: str) -> bool:
+        return any(row.location == digest for row in self.registry.plugin_versions("store"))
+
+    def remove_plugin(self, plugin: str | PluginRef, *, force: bool = False) -> PluginVersion:
+        """Remove a store plugin version: its record, and its files unless another uses them.
+
+        Raises:
+            PluginNotInstalledError: It is not in the store.
+            UsageError: A target points to it (pass ``force`` to remove it anyway).
+        """
+        ref = plugin if isinstance(plugin, PluginRef) else PluginRef.parse(plugin)
+        row = self.registry.find_plugin_version(ref, "store")
+        if row is None:
+            raise PluginNotInstalledError(
+                str(ref), f"{ref} is not in the store", "see: turnout plugin list"
+            )
+        users = self.registry.targets_by_plugin().get(str(ref), [])
+        if users and not force:
+            raise UsageError(
+                f"{ref} is used by target(s) {', '.join(users)}; point them elsewhere first, "
+                "or pass --force"
+            )
+        self.registry.forget_plugin_version(ref, "store")
+        if not self._digest_in_use(row.location):
+            self.store.remove(row.location)
+        return row
+
+    def verify_plugins(self, plugin: str | PluginRef | None = None) -> dict[str, list[str]]:
+        """Re-hash store environments against the hashes recorded at install.
+
+        Returns:
+            Problems per plugin ref; an empty list means the files are as installed.
+        """
+        ref = plugin if isinstance(plugin, PluginRef) or plugin is None else PluginRef.parse(plugin)
+        rows = [
+            row
+            for row in self.registry.plugin_versions("store")
+            if ref is None or (row.plugin_id, row.version) == (ref.plugin_id, ref.version)
+        ]
+        if ref is not None and not rows:
+            raise PluginNotInstalledError(
+                str(ref), f"{ref} is not in the store", "see: turnout plugin list"
+            )
+        return {
+            f"{row.plugin_id}@{row.version}": self.store.verify(row.location, row.hashes)
+            for row in rows
+        }
+
+
+class _Attempts:
+    """The attempts of one claimed release, and the recording of its outcome."""
+
+    def __init__(
+        self,
+        turnout: Turnout,
+        release_id: str,
+        spec: TargetSpec,
+        releaser: Releaser,
+        secrets: list[str],
+    ) -> None:
+        self.turnout = turnout
+        self.release_id = release_id
+        self.spec = spec
+        self.releaser = releaser
+        self.secrets = secrets
+        self.count = 0
+        self.outputs: list[str] = []
+
+    def run(
+        self, *, artifact: str, config: dict[str, Any], context: dict[str, str], key: str
+    ) -> None:
+        def attempt() -> dict[str, Any]:
+            self.count += 1
+            try:
+                return self.releaser.release(
+                    artifact=artifact,
+                    target=self.spec.name,
+                    config=config,
+                    context=context,
+                    idempotency_key=key,
+                    attempt=self.count,
+                    timeout=self.spec.timeout,
+                )
+            finally:
+                if self.releaser.output:
+                    self.outputs.append(f"--- attempt {self.count} ---\n{self.releaser.output}")
+
+        policy = retries.release_policy(
+            max_attempts=self.spec.max_attempts,
+            deadline=self.spec.timeout * self.spec.max_attempts,
+            sleep=self.turnout._sleep,
+        )
+        ledger = self.turnout.ledger
+        try:
+            result = policy(attempt)
+        except BaseException as exc:
+            message = _secrets.redact(f"{type(exc).__name__}: {exc}", self.secrets)
+            if isinstance(exc, WorkerError):
+                message = _secrets.redact(str(exc), self.secrets)
+            ledger.finish(
+                self.release_id,
+                status=Status.TIMED_OUT if isinstance(exc, WorkerTimeoutError) else Status.FAILED,
+                attempts=self.count,
+                error=message,
+                error_type=exc.type_name
+                if isinstance(exc, WorkerError)
+                else qualified_name(type(exc)),
+                retryable=retries.is_transient(exc) and not isinstance(exc, MalformedResultError),
+                output=self._output(),
+            )
+            log.warning(
+                "release %s failed after %d attempt(s): %s", self.release_id, self.count, message
+            )
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: recorded, then honoured
+            return
+        ledger.finish(
+            self.release_id,
+            status=Status.SUCCEEDED,
+            attempts=self.count,
+            result=result,
+            output=self._output(),
+        )
+        log.info("release %s succeeded after %d attempt(s)", self.release_id, self.count)
+
+    def _output(self) -> str | None:
+        if not self.outputs:
+            return None
+        return _secrets.redact("\n".join(self.outputs), self.secrets)[-OUTPUT_LIMIT:]
 
 
 _default: dict[str, Turnout] = {}
@@ -290,8 +526,8 @@ def release(
 ) -> ReleaseRecord:
     """Release ``artifact`` to ``target`` once for ``key``; see :meth:`Turnout.release`.
 
-    Keeps one :class:`Turnout` per database for the life of the process, so that loaded
-    plugins and pooled connections are reused across calls.
+    Keeps one :class:`Turnout` per database for the life of the process, so that worker
+    processes stay warm and connections pooled across calls.
     """
     name = str(_db.database_url(db))
     with _default_lock:
@@ -299,3 +535,6 @@ def release(
         if handle is None:
             handle = _default[name] = Turnout(db)
     return handle.release(target, artifact, key=key, context=context)
+
+
+__all__ = ["InstallOutcome", "Turnout", "default_actor", "release"]

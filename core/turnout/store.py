@@ -1,0 +1,309 @@
+"""The plugin store: plugin versions installed side by side, one environment each.
+
+Layout under the store's home (``TURNOUT_HOME``, default the platform's user data folder)::
+
+    envs/<digest>/        one environment (a ``--target`` install), never modified once moved here
+    tmp/                  environments being built; never used, cleaned when stale
+    workers/              private working folders of running workers
+    pycache/              bytecode of worker processes (their environments are never written)
+
+An environment is built in ``tmp/`` by uv (pip when uv is missing), its ``turnout.releasers``
+entry points are read there with ``importlib.metadata.distributions(path=...)``, and it is then
+renamed into ``envs/<digest>`` in one atomic step. The digest is computed from the installed
+files, so the same content always lands in the same folder: installing it twice, even from two
+processes at once, ends with one good environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from turnout.errors import PluginInstallError
+from turnout.hookspecs import ENTRY_POINT_GROUP
+from turnout.refs import PluginRef, normalize_plugin_id
+
+SOURCE = "store"
+HOME_ENV = "TURNOUT_HOME"
+STALE_BUILD_SECONDS = 3600
+# Files an installer writes differently per machine or per tool; they are not the plugin's code.
+_VOLATILE = {
+    "RECORD",
+    "INSTALLER",
+    "REQUESTED",
+    "direct_url.json",
+    "uv_cache.json",
+    "uv_build.json",
+}
+
+
+def default_home() -> Path:
+    """``TURNOUT_HOME``, else the platform's user data folder for turnout."""
+    configured = os.environ.get(HOME_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("turnout", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class StorePlugin:
+    """A releaser entry point found in a built environment."""
+
+    ref: PluginRef
+    distribution: str
+    entry_point: str
+
+
+@dataclass(slots=True)
+class Installed:
+    """The outcome of one install: the environment's digest and the releasers in it."""
+
+    digest: str
+    path: Path
+    plugins: list[StorePlugin]
+    hashes: dict[str, str]
+    requirement: str
+    created: bool = field(default=True)
+
+
+@dataclass(frozen=True, slots=True)
+class InstallRequest:
+    """What to install and from where; ``lockfile`` turns on hash-checking, binary-only mode."""
+
+    spec: str | None = None
+    find_links: Sequence[str] = ()
+    index_url: str | None = None
+    lockfile: Path | None = None
+
+    def describe(self) -> str:
+        return self.spec or f"-r {self.lockfile}"
+
+
+class Store:
+    """One store folder."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.envs = self.home / "envs"
+        self.tmp = self.home / "tmp"
+        self.workers = self.home / "workers"
+
+    def path(self, digest: str) -> Path:
+        """Where the environment with this digest lives (it may be missing on this machine)."""
+        return self.envs / digest
+
+    def has(self, digest: str) -> bool:
+        return (self.envs / digest).is_dir()
+
+    # Install ----------------------------------------------------------------------------
+
+    def install(self, request: InstallRequest) -> Installed:
+        """Build an environment for ``request`` and move it into the store.
+
+        Raises:
+            PluginInstallError: The installer failed (a missing or wrong hash, an unpinned
+                dependency in hash mode, no such version...), or the result holds no releaser
+                or two providers of one plugin id. Nothing is left in ``envs/``.
+        """
+        for folder in (self.envs, self.tmp, self.workers):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._clean_stale_builds()
+        build = Path(tempfile.mkdtemp(prefix="build-", dir=self.tmp))
+        try:
+            self._run_installer(request, build)
+            plugins = read_plugins(build)
+            hashes = tree_hashes(build)
+            digest = digest_of(hashes)
+            final = self.envs / digest
+            created = _move_into_place(build, final)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        return Installed(digest, final, plugins, hashes, request.describe(), created)
+
+    def _run_installer(self, request: InstallRequest, build: Path) -> None:
+        command = installer_command(request, build)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip()
+            raise PluginInstallError(
+                f"installing {request.describe()} failed; nothing was installed:\n{detail[-4000:]}"
+            )
+
+    def _clean_stale_builds(self) -> None:
+        # A build killed midway stays in tmp/, where nothing ever loads it; sweep old ones.
+        cutoff = time.time() - STALE_BUILD_SECONDS
+        for entry in self.tmp.iterdir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except FileNotFoundError:
+                continue
+
+    # Maintenance ------------------------------------------------------------------------
+
+    def remove(self, digest: str) -> None:
+        """Remove an environment: renamed out of ``envs/`` first, so it vanishes at once."""
+        source = self.envs / digest
+        if not source.exists():
+            return
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.tmp))
+        source.rename(doomed / digest)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def verify(self, digest: str, expected: dict[str, str]) -> list[str]:
+        """Compare an environment's files with the hashes recorded at install; list problems."""
+        path = self.envs / digest
+        if not path.is_dir():
+            return [f"environment {digest} is missing from {self.envs}"]
+        actual = tree_hashes(path)
+        problems = [
+            f"changed: {name}"
+            for name in sorted(expected)
+            if name in actual and actual[name] != expected[name]
+        ]
+        problems += [f"missing: {name}" for name in sorted(set(expected) - set(actual))]
+        problems += [f"unexpected: {name}" for name in sorted(set(actual) - set(expected))]
+        return problems
+
+
+def find_uv() -> str | None:
+    """The uv executable: on PATH, or the one the ``uv`` package ships."""
+    found = shutil.which("uv")
+    if found:
+        return found
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        return None
+    try:
+        return str(find_uv_bin())
+    except FileNotFoundError:
+        return None
+
+
+def installer_command(request: InstallRequest, build: Path) -> list[str]:
+    """The uv (or pip) command that installs ``request`` into ``build``."""
+    uv = find_uv()
+    if uv:
+        command = [
+            uv, "pip", "install", "--quiet", "--target", str(build), "--python", sys.executable,
+            "--link-mode", "copy", "--no-config",
+        ]  # fmt: skip
+        binary_only = ["--no-build"]
+    else:
+        command = [
+            sys.executable, "-m", "pip", "install", "--quiet", "--target", str(build),
+            "--no-compile", "--disable-pip-version-check", "--no-input",
+        ]  # fmt: skip
+        binary_only = ["--only-binary", ":all:"]
+    for link in request.find_links:
+        command += ["--find-links", str(link)]
+    if request.index_url:
+        command += ["--index-url", request.index_url]
+    if request.lockfile is not None:
+        # Every requirement pinned and hashed, wheels only: nothing from a package runs before
+        # its hash was checked, and a build step (which would run code) is refused.
+        command += ["--require-hashes", *binary_only, "-r", str(request.lockfile)]
+    if request.spec:
+        command.append(request.spec)
+    return command
+
+
+def read_plugins(site: Path) -> list[StorePlugin]:
+    """The releasers an environment provides, read from its metadata only (nothing imported).
+
+    Raises:
+        PluginInstallError: None, or two distributions provide one plugin id.
+    """
+    found: dict[str, StorePlugin] = {}
+    for dist in metadata.distributions(path=[str(site)]):
+        name = dist.metadata["Name"]
+        for ep in dist.entry_points.select(group=ENTRY_POINT_GROUP):
+            plugin = StorePlugin(
+                ref=PluginRef(normalize_plugin_id(ep.name), str(Version(dist.version))),
+                distribution=name,
+                entry_point=ep.value,
+            )
+            other = found.get(plugin.ref.plugin_id)
+            if other is not None and canonicalize_name(other.distribution) != canonicalize_name(
+                name
+            ):
+                raise PluginInstallError(
+                    f"plugin id {plugin.ref.plugin_id!r} is provided by both "
+                    f"{other.distribution} and {name}; nothing was installed"
+                )
+            found[plugin.ref.plugin_id] = plugin
+    if not found:
+        raise PluginInstallError(
+            f"nothing installed declares an entry point in {ENTRY_POINT_GROUP!r}; "
+            "nothing was installed"
+        )
+    return sorted(found.values(), key=lambda p: p.ref)
+
+
+def _files(root: Path) -> Iterator[Path]:
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        relative = here.relative_to(root)
+        dirs[:] = sorted(
+            d for d in dirs if d != "__pycache__" and not (relative == Path(".") and d == "bin")
+        )
+        for name in sorted(files):
+            if here.name.endswith(".dist-info") and name in _VOLATILE:
+                continue
+            yield here / name
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file of an environment that is the plugin's content, by relative path.
+
+    Left out: scripts in ``bin/`` (their first line names this machine's interpreter), bytecode
+    caches, and the installer's own bookkeeping files in ``*.dist-info``.
+    """
+    hashes: dict[str, str] = {}
+    for path in _files(root):
+        relative = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            hashes[relative] = "link:" + os.readlink(path)
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 16), b""):
+                digest.update(block)
+        hashes[relative] = digest.hexdigest()
+    return hashes
+
+
+def digest_of(hashes: dict[str, str]) -> str:
+    """The content address of an environment."""
+    canonical = json.dumps(hashes, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def _move_into_place(build: Path, final: Path) -> bool:
+    """Rename ``build`` to ``final`` atomically; False when ``final`` already existed."""
+    if final.exists():
+        return False
+    try:
+        build.rename(final)
+    except OSError:
+        if final.is_dir():
+            return False  # another process moved the same content in first
+        raise
+    return True

@@ -1,0 +1,436 @@
+"""Worker processes: one long-lived process per plugin version, driven over pipes.
+
+A worker is ``python -I -S`` running :mod:`turnout._serve`: isolated mode and no ``site``, so its
+``sys.path`` is the standard library plus the plugin version's own environment, never the
+core's site-packages, and no ``.pth`` file runs. It gets an allow-listed environment, a private
+working directory, ``/dev/null`` as stdin and no descriptor but its three pipes. It leads its
+own process group, so that a deadline can stop it and everything it spawned.
+
+Requests and answers are length-prefixed JSON on two dedicated pipes. The plugin's stdout and
+stderr share a third pipe, drained by a thread into a bounded buffer, so a flood can neither
+block the worker nor grow the core's memory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from turnout import _serve
+from turnout.errors import (
+    ConfigRejectedError,
+    PluginLoadError,
+    WorkerCrashedError,
+    WorkerTimeoutError,
+)
+
+OUTPUT_LIMIT = 64 << 10
+"""Bytes of a call's stdout/stderr kept: the last 64 KiB."""
+GRACE = 2.0
+"""Seconds between SIGTERM and SIGKILL when a deadline passes."""
+DEFAULT_MEMORY_LIMIT_MB = 2048
+"""Address-space limit of a worker (RLIMIT_AS); ``TURNOUT_WORKER_MEMORY_MB`` overrides it."""
+ENV_ALLOWLIST = (
+    "PATH", "LANG", "LANGUAGE", "TZ", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+    "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+)  # fmt: skip
+"""Variables a worker inherits (plus ``LC_*``); everything else, secrets included, stays out."""
+SERVE = Path(_serve.__file__)
+
+
+class WorkerError(Exception):
+    """An error the plugin raised inside the worker, carried back by type name and message."""
+
+    def __init__(self, type_name: str, message: str, retryable: bool) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Exactly what one worker loads: the pin, its distribution and entry point, and where."""
+
+    plugin_id: str
+    version: str
+    distribution: str
+    entry_point: str
+    path: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.plugin_id}@{self.version}"
+
+
+def worker_environment(home: Path) -> dict[str, str]:
+    """The allow-listed environment of a worker process."""
+    env = {name: os.environ[name] for name in ENV_ALLOWLIST if name in os.environ}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("LC_")})
+    env.setdefault("PATH", os.defpath)
+    env["HOME"] = str(home)
+    env["TMPDIR"] = str(home)
+    env["PYTHONIOENCODING"] = "utf-8:backslashreplace"
+    return env
+
+
+class _Output:
+    """Drains a worker's stdout/stderr pipe, keeping a bounded tail per request."""
+
+    def __init__(self, fd: int, limit: int = OUTPUT_LIMIT) -> None:
+        self._fd = fd
+        self._limit = limit
+        self._buffer = bytearray()
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._drain, name=f"turnout-output-{fd}", daemon=True
+        )
+        self._thread.start()
+
+    def _drain(self) -> None:
+        keep = self._limit + 256  # room for a nonce that straddles the cut
+        try:
+            while chunk := os.read(self._fd, 1 << 16):
+                with self._changed:
+                    self._buffer += chunk
+                    if len(self._buffer) > 2 * keep:
+                        del self._buffer[:-keep]
+                    self._changed.notify_all()
+        except OSError:
+            pass
+        finally:
+            with self._changed:
+                self._closed = True
+                self._changed.notify_all()
+            os.close(self._fd)
+
+    def take(self, nonce: bytes | None, wait: float) -> str:
+        """Everything up to ``nonce`` (or all so far, when ``None`` or not seen in ``wait``)."""
+        marker = _serve.NONCE_PREFIX + nonce + b"\x00" if nonce else None
+        deadline = time.monotonic() + wait
+        with self._changed:
+            while marker and marker not in self._buffer and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            if marker and marker in self._buffer:
+                head, _, tail = bytes(self._buffer).partition(marker)
+                self._buffer[:] = tail
+            else:
+                head = bytes(self._buffer)
+                self._buffer.clear()
+        return head[-self._limit :].decode("utf-8", "backslashreplace")
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+class WorkerProcess:
+    """One running worker for one plugin version."""
+
+    def __init__(self, spec: WorkerSpec, *, home: Path, memory_limit_mb: int | None) -> None:
+        self.spec = spec
+        self._home = Path(tempfile.mkdtemp(prefix="worker-", dir=home))
+        requests_r, self._requests = os.pipe()
+        self._responses, responses_w = os.pipe()
+        pycache = home / "pycache"
+        pycache.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-I", "-S", "-X", f"pycache_prefix={pycache}",
+            str(SERVE), str(requests_r), str(responses_w),
+        ]  # fmt: skip
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(requests_r, responses_w),
+                cwd=self._home,
+                env=worker_environment(self._home),
+                start_new_session=True,
+            )
+        finally:
+            os.close(requests_r)
+            os.close(responses_w)
+        assert self.process.stdout is not None  # noqa: S101 - stdout=PIPE above
+        self._output = _Output(os.dup(self.process.stdout.fileno()))
+        self.process.stdout.close()
+        self._buffer = bytearray()
+        self._memory_limit_mb = memory_limit_mb
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def start(self, timeout: float) -> None:
+        """Send the load request and wait until the worker serves, or raise PluginLoadError."""
+        load = {
+            "path": list(self.spec.path),
+            "distribution": self.spec.distribution,
+            "version": self.spec.version,
+            "plugin_id": self.spec.plugin_id,
+            "entry_point": self.spec.entry_point,
+            "memory_limit_mb": self._memory_limit_mb,
+        }
+        try:
+            answer = self._exchange(load, timeout, nonce=None)
+        except (WorkerCrashedError, WorkerTimeoutError) as exc:
+            raise PluginLoadError(
+                self.spec.ref, self.spec.distribution, f"{exc}{_tail(exc.output)}"
+            ) from None
+        if not answer.get("ok"):
+            error = answer["error"]
+            output = self._output.take(None, wait=0.2)
+            self.stop()
+            raise PluginLoadError(
+                self.spec.ref,
+                self.spec.distribution,
+                f"{error['type']}: {error['message']}{_tail(output)}",
+            )
+
+    def call(self, op: str, args: Mapping[str, Any], timeout: float) -> tuple[dict[str, Any], str]:
+        """Run one operation; return the answer and what the plugin printed meanwhile.
+
+        Raises:
+            WorkerTimeoutError: No answer within ``timeout``; the process group was stopped.
+            WorkerCrashedError: The worker died before answering.
+        """
+        nonce = secrets.token_hex(8)
+        answer = self._exchange(
+            {"op": op, "args": dict(args), "nonce": nonce}, timeout, nonce=nonce
+        )
+        return answer, self._output.take(nonce.encode(), wait=1.0)
+
+    def _exchange(
+        self, message: Mapping[str, Any], timeout: float, *, nonce: str | None
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        try:
+            self._send(_serve.encode_frame(message), deadline)
+            answer = self._receive(deadline)
+        except TimeoutError:
+            self.kill()
+            raise WorkerTimeoutError(
+                self.spec.ref, timeout, self._output.take(None, wait=0.5)
+            ) from None
+        if answer is None:
+            how = self._death()
+            raise WorkerCrashedError(self.spec.ref, how, self._output.take(None, wait=0.5))
+        return answer
+
+    def _send(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            if not _wait(self._requests, select.POLLOUT, deadline):
+                raise TimeoutError
+            try:
+                view = view[os.write(self._requests, view) :]
+            except BrokenPipeError:
+                return  # the worker is gone; the read below reports how
+
+    def _receive(self, deadline: float) -> dict[str, Any] | None:
+        while True:
+            if len(self._buffer) >= _serve.HEADER.size:
+                (size,) = _serve.HEADER.unpack_from(self._buffer)
+                end = _serve.HEADER.size + size
+                if len(self._buffer) >= end:
+                    body = bytes(self._buffer[_serve.HEADER.size : end])
+                    del self._buffer[:end]
+                    return _decode(body)
+            if not _wait(self._responses, select.POLLIN, deadline):
+                raise TimeoutError
+            chunk = os.read(self._responses, 1 << 16)
+            if not chunk:
+                return None
+            self._buffer += chunk
+
+    def _death(self) -> str:
+        try:
+            code = self.process.wait(timeout=GRACE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "closed its result channel without exiting"
+        self.kill()  # whatever it spawned goes with it
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"was killed by {name}"
+        if code == 0:
+            return "exited with code 0 without a result"
+        return f"exited with code {code}"
+
+    def kill(self) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after the grace period."""
+        pgid = self.process.pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=GRACE)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=GRACE)
+        self._close()
+
+    def stop(self) -> None:
+        """Ask the worker to exit; kill it if it does not within the grace period."""
+        if self.alive:
+            with contextlib.suppress(OSError):
+                os.write(self._requests, _serve.encode_frame({"op": "stop"}))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=GRACE)
+        self.kill()
+
+    def _close(self) -> None:
+        for fd in (self._requests, self._responses):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._requests = self._responses = -1
+        self._output.join(timeout=GRACE)
+        shutil.rmtree(self._home, ignore_errors=True)
+
+
+def _wait(fd: int, event: int, deadline: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, event | select.POLLHUP | select.POLLERR)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            return bool(poller.poll(remaining * 1000))
+        except InterruptedError:  # pragma: no cover - PEP 475 retries, but be explicit
+            continue
+        except OSError as exc:  # pragma: no cover
+            if exc.errno != errno.EINTR:
+                raise
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    import json
+
+    message: dict[str, Any] = json.loads(body)
+    return message
+
+
+def _tail(output: str) -> str:
+    output = output.strip()
+    return f"\n--- worker output (last lines) ---\n{output[-2000:]}" if output else ""
+
+
+class WorkerReleaser:
+    """A :class:`~turnout.releaser.Releaser` whose plugin runs in a worker process.
+
+    The process starts on first use, stays warm for later calls, and is started afresh when
+    it died or was stopped at a deadline. Calls to one worker are serialised.
+    """
+
+    def __init__(self, spec: WorkerSpec, *, home: Path, start_timeout: float) -> None:
+        self.spec = spec
+        self.output = ""
+        self._home = home
+        self._start_timeout = start_timeout
+        self._lock = threading.Lock()
+        self._process: WorkerProcess | None = None
+        memory = os.environ.get("TURNOUT_WORKER_MEMORY_MB")
+        self._memory_limit_mb = int(memory) if memory else DEFAULT_MEMORY_LIMIT_MB
+        _live.add(self)
+
+    def _worker(self) -> WorkerProcess:
+        if self._process is None or not self._process.alive:
+            if self._process is not None:
+                self._process.kill()
+            self._process = None
+            process = WorkerProcess(
+                self.spec, home=self._home, memory_limit_mb=self._memory_limit_mb
+            )
+            process.start(self._start_timeout)
+            self._process = process
+        return self._process
+
+    def ensure_started(self) -> None:
+        """Start the worker now (import errors surface here, as PluginLoadError)."""
+        with self._lock:
+            self._worker()
+
+    def _call(self, op: str, args: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        with self._lock:
+            worker = self._worker()
+            try:
+                answer, self.output = worker.call(op, args, timeout)
+            except (WorkerTimeoutError, WorkerCrashedError) as exc:
+                self.output = exc.output
+                self._process = None
+                raise
+        if not answer.get("ok"):
+            error = answer["error"]
+            raise WorkerError(error["type"], error["message"], bool(error["retryable"]))
+        return answer
+
+    def validate_config(self, config: Mapping[str, Any], *, timeout: float) -> None:
+        try:
+            self._call("validate", {"config": dict(config)}, timeout)
+        except WorkerError as exc:
+            if exc.type_name == "ValueError":
+                raise ValueError(str(exc).removeprefix("ValueError: ")) from None
+            raise ConfigRejectedError(self.spec.ref, str(exc)) from None
+
+    def release(
+        self,
+        *,
+        artifact: str,
+        target: str,
+        config: Mapping[str, Any],
+        context: Mapping[str, str],
+        idempotency_key: str,
+        attempt: int,
+        timeout: float,
+    ) -> dict[str, Any]:
+        args = {
+            "artifact": artifact,
+            "target": target,
+            "config": dict(config),
+            "context": dict(context),
+            "idempotency_key": idempotency_key,
+            "attempt": attempt,
+        }
+        result: dict[str, Any] = self._call("release", args, timeout)["result"]
+        return result
+
+    def close(self) -> None:
+        """Stop the worker process, if one runs."""
+        with self._lock:
+            if self._process is not None:
+                self._process.stop()
+                self._process = None
+
+
+_live: weakref.WeakSet[WorkerReleaser] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # A job runner that exits without closing its handle leaves no worker behind.
+    for releaser in list(_live):
+        releaser.close()
