@@ -15,16 +15,43 @@ ROOT = HERE.parent
 
 sys.path.insert(0, str(HERE))  # for `helpers`, which --import-mode=importlib does not add
 
-from helpers import FIXTURE_PLUGINS, fixture_wheel, install_into  # noqa: E402
+from helpers import (  # noqa: E402
+    FIXTURE_PLUGINS,
+    fixture_wheel,
+    install_into,
+    wheel_from_installed,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No test touches the real user's store: TURNOUT_HOME points into the test's temp folder."""
+    home = tmp_path_factory.mktemp("turnout-home")
+    old = os.environ.get("TURNOUT_HOME")
+    os.environ["TURNOUT_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("TURNOUT_HOME", None)
+    else:
+        os.environ["TURNOUT_HOME"] = old
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty plugin store for one test (TURNOUT_HOME)."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("TURNOUT_HOME", str(path))
+    return path
 
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding a wheel of every fixture plugin, plus turnout-echo 2.0.0."""
+    """A wheel of every fixture plugin, turnout-echo 2.0.0, and pluggy, for --no-index installs."""
     house = tmp_path_factory.mktemp("wheelhouse")
     for spec in FIXTURE_PLUGINS:
         fixture_wheel(house, *spec)
     fixture_wheel(house, "turnout-echo", "2.0.0", "echo.py", "echo")
+    wheel_from_installed(house, "pluggy")
     return house
 
 

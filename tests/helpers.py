@@ -126,6 +126,24 @@ def fixture_wheel(dest: Path, distribution: str, version: str, source: str, plug
     )
 
 
+def wheel_from_installed(dest: Path, distribution: str) -> Path:
+    """A wheel of an installed distribution, rebuilt from its files (offline, exact version).
+
+    Lets tests install plugins into the store with ``--no-index`` and a local wheelhouse.
+    """
+    from importlib import metadata
+
+    dist = metadata.distribution(distribution)
+    files: dict[str, str | bytes] = {}
+    for file in dist.files or []:
+        parts = file.parts
+        if parts[0].endswith(".dist-info") or "__pycache__" in parts or parts[0] in ("..", "bin"):
+            continue
+        files[str(file)] = Path(str(dist.locate_file(file))).read_bytes()
+    requires = dist.requires or []
+    return build_wheel(dest, dist.metadata["Name"], dist.version, files, requires=requires)
+
+
 def read_calls(path: Path) -> list[dict[str, object]]:
     """The calls the echo fixture plugin recorded, in order."""
     if not path.exists():

@@ -7,11 +7,12 @@ modules (the database stack, rich) are imported inside commands so that ``--help
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,6 @@ import click
 
 from turnout import __version__
 from turnout.errors import EXIT_USAGE, ConfigurationError, TurnoutError, UsageError
-from turnout.hookspecs import ENTRY_POINT_GROUP
 
 if TYPE_CHECKING:
     from turnout.registry import TargetSpec
@@ -178,6 +178,7 @@ def _target_dict(target: TargetSpec) -> dict[str, Any]:
         "config": target.config,
         "max_attempts": target.max_attempts,
         "timeout": target.timeout,
+        "isolation": target.isolation,
         "revision": target.revision,
     }
 
@@ -205,6 +206,12 @@ def target() -> None:
 )
 @click.option("--timeout", type=float, help="Seconds one attempt may take (default 60).")
 @click.option("--max-attempts", type=int, help="Attempts for transient errors (default 3).")
+@click.option(
+    "--isolation",
+    type=click.Choice(["process", "inline"]),
+    help="process (default): a worker process of its own, the store's copy when there is "
+    "one; inline: in the caller's process, for trusted plugins in turnout's environment.",
+)
 @click.option("--reason", default="", help="Why; kept in the target's history.")
 @click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
 @json_option
@@ -217,6 +224,7 @@ def target_set(
     config_file: Path | None,
     timeout: float | None,
     max_attempts: int | None,
+    isolation: str | None,
     reason: str,
     actor: str | None,
     as_json: bool,
@@ -232,6 +240,7 @@ def target_set(
         config=_parse_config(pairs, config_file),
         max_attempts=max_attempts,
         timeout=timeout,
+        isolation=isolation,
         actor=actor,
         reason=reason,
     )
@@ -281,8 +290,11 @@ def target_list(ctx: click.Context, as_json: bool) -> None:
         return
     _print_table(
         "targets",
-        ["name", "plugin", "max attempts", "timeout", "revision"],
-        [(t.name, t.plugin_ref, t.max_attempts, t.timeout, t.revision) for t in targets],
+        ["name", "plugin", "isolation", "max attempts", "timeout", "revision"],
+        [
+            (t.name, t.plugin_ref, t.isolation, t.max_attempts, t.timeout, t.revision)
+            for t in targets
+        ],
     )
 
 
@@ -317,47 +329,204 @@ def plugin() -> None:
 @json_option
 @click.pass_context
 def plugin_list(ctx: click.Context, as_json: bool) -> None:
-    """List releasers installed in turnout's own environment, and the targets using each."""
+    """List releasers in the store and in turnout's own environment, with the targets using each.
+
+    A store version's status is "installed", or "missing" when the registry knows it but this
+    machine's store does not have its environment (run: turnout plugin install).
+    """
     from turnout import environment
 
-    found = environment.scan()
-    users: dict[str, list[str]] | None
+    handle = _handle(ctx)
+    rows: list[dict[str, Any]] = []
     try:
-        users = _handle(ctx).registry.targets_by_plugin()
+        stored = handle.registry.plugin_versions("store")
+        targets = handle.registry.list_targets()
     except (ConfigurationError, ConnectionError) as exc:
-        users = None
-        _say(f"note: targets not shown: {exc}")
-    rows = [
-        {
-            "plugin": p.plugin_id,
-            "version": p.version,
-            "distribution": p.distribution,
-            "source": environment.SOURCE,
-            "entry_point": p.entry_point,
-            "targets": None if users is None else users.get(str(p.ref), []),
-        }
-        for p in found
-    ]
+        stored, targets = [], None
+        _say(f"note: store plugins and targets not shown: {exc}")
+    in_store = {(row.plugin_id, row.version) for row in stored}
+
+    def copy_used(t: TargetSpec) -> str:
+        # Inline runs the environment's copy; a worker runs the store's when there is one.
+        ref = (t.plugin_ref.plugin_id, t.plugin_ref.version)
+        return "store" if t.isolation == "process" and ref in in_store else "environment"
+
+    def users(ref: str, source: str) -> list[str] | None:
+        if targets is None:
+            return None
+        return [t.name for t in targets if str(t.plugin_ref) == ref and copy_used(t) == source]
+
+    for row in stored:
+        ref = f"{row.plugin_id}@{row.version}"
+        rows.append(
+            {
+                "plugin": row.plugin_id,
+                "version": row.version,
+                "distribution": row.distribution,
+                "source": "store",
+                "status": "installed" if handle.store.has(row.location) else "missing",
+                "location": str(handle.store.path(row.location)),
+                "entry_point": row.entry_point,
+                "targets": users(ref, "store"),
+            }
+        )
+    for found in environment.scan():
+        rows.append(
+            {
+                "plugin": found.plugin_id,
+                "version": found.version,
+                "distribution": found.distribution,
+                "source": environment.SOURCE,
+                "status": "installed",
+                "location": found.location,
+                "entry_point": found.entry_point,
+                "targets": users(str(found.ref), environment.SOURCE),
+            }
+        )
+    rows.sort(key=lambda r: (r["plugin"], r["version"], r["source"]))
     if as_json:
         _print_json(rows)
         return
     if not rows:
-        _say(f"no releasers installed; pip install one that declares {ENTRY_POINT_GROUP!r}")
+        _say("no releasers installed; add one with: turnout plugin install DISTRIBUTION==VERSION")
         return
     _print_table(
         "plugins",
-        ["plugin", "version", "distribution", "source", "targets"],
+        ["plugin", "version", "distribution", "source", "status", "targets"],
         [
             (
                 r["plugin"],
                 r["version"],
                 r["distribution"],
                 r["source"],
+                r["status"],
                 ", ".join(r["targets"] or []),
             )
             for r in rows
         ],
     )
+
+
+@plugin.command("install")
+@click.argument("spec", required=False)
+@click.option(
+    "--find-links",
+    "find_links",
+    multiple=True,
+    metavar="DIR-OR-URL",
+    help="Look for wheels here too (repeatable), e.g. a local wheelhouse.",
+)
+@click.option("--index-url", metavar="URL", help="The package index to use instead of PyPI.")
+@click.option("--no-index", is_flag=True, help="Use no index: only --find-links.")
+@click.option(
+    "--require-hashes",
+    is_flag=True,
+    help="Hash-checking mode: every requirement in -r LOCKFILE pinned with ==, with its "
+    "--hash, wheels only. A wrong or missing hash refuses the install before any code runs.",
+)
+@click.option(
+    "-r",
+    "--requirement",
+    "lockfile",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A requirements file to install (with --require-hashes: a hash-pinned lock file).",
+)
+@json_option
+@click.pass_context
+def plugin_install(
+    ctx: click.Context,
+    spec: str | None,
+    find_links: tuple[str, ...],
+    index_url: str | None,
+    no_index: bool,
+    require_hashes: bool,
+    lockfile: Path | None,
+    as_json: bool,
+) -> None:
+    """Install a plugin version into the store, in an environment of its own.
+
+    SPEC is anything pip accepts: NAME==VERSION, a wheel file, a project folder. Versions
+    already installed stay untouched; installing the same version again does nothing.
+    """
+    from turnout.store import InstallRequest
+
+    if spec is None and lockfile is None:
+        raise UsageError("give a SPEC (NAME==VERSION, a wheel, a folder) or -r LOCKFILE")
+    if require_hashes and lockfile is None:
+        raise UsageError("--require-hashes needs -r LOCKFILE listing every pinned, hashed wheel")
+    request = InstallRequest(
+        spec=spec,
+        find_links=find_links,
+        index_url=index_url,
+        no_index=no_index,
+        requirements=lockfile,
+        require_hashes=require_hashes,
+    )
+    handle = _handle(ctx)
+    with _status(f"installing {request.describe()} into {handle.store.envs}"):
+        outcomes = handle.install_plugin(request)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "plugin": o.plugin.ref.plugin_id,
+                    "version": o.plugin.ref.version,
+                    "distribution": o.plugin.distribution,
+                    "digest": o.digest,
+                    "location": str(handle.store.path(o.digest)),
+                    "status": o.status,
+                }
+                for o in outcomes
+            ]
+        )
+        return
+    for o in outcomes:
+        what = "installed" if o.status == "installed" else "already installed; nothing changed"
+        _say(f"{o.plugin.ref} ({o.plugin.distribution}) {what}: {handle.store.path(o.digest)}")
+
+
+@plugin.command("remove")
+@click.argument("plugin_ref", metavar="PLUGIN@VERSION")
+@click.option("--force", is_flag=True, help="Remove it even while targets point to it.")
+@click.pass_context
+def plugin_remove(ctx: click.Context, plugin_ref: str, force: bool) -> None:
+    """Remove a plugin version from the store (refused while a target uses it)."""
+    row = _handle(ctx).remove_plugin(plugin_ref, force=force)
+    _say(f"{row.plugin_id}@{row.version} removed from the store")
+
+
+@plugin.command("verify")
+@click.argument("plugin_ref", metavar="[PLUGIN@VERSION]", required=False)
+@json_option
+@click.pass_context
+def plugin_verify(ctx: click.Context, plugin_ref: str | None, as_json: bool) -> None:
+    """Re-check store environments against the file hashes recorded at install.
+
+    Exits 1 when any file changed, went missing or appeared.
+    """
+    report = _handle(ctx).verify_plugins(plugin_ref)
+    if as_json:
+        _print_json([{"plugin": ref, "ok": not p, "problems": p} for ref, p in report.items()])
+    else:
+        for ref, problems in report.items():
+            _say(f"{ref}: ok" if not problems else f"{ref}: {len(problems)} problem(s)")
+            for problem in problems[:50]:
+                _say(f"  {problem}")
+    if any(report.values()):
+        ctx.exit(1)
+
+
+@contextlib.contextmanager
+def _status(message: str) -> Iterator[None]:
+    """A spinner on stderr while something slow runs (a plain line when not a terminal)."""
+    if not sys.stderr.isatty():
+        _say(message + " ...")
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
 
 
 # release -----------------------------------------------------------------------------------

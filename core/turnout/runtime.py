@@ -351,7 +351,7 @@ class Turnout:
 
     def _already_installed(self, request: InstallRequest) -> list[InstallOutcome]:
         """For ``name==version``: the recorded versions of that distribution, if on this machine."""
-        if not request.spec or request.lockfile is not None:
+        if not request.spec or request.requirements is not None:
             return []
         try:
             requirement = Requirement(request.spec)

@@ -48,6 +48,7 @@ _VOLATILE = {
     "uv_cache.json",
     "uv_build.json",
 }
+_VOLATILE_TOP = {"bin", ".lock"}  # scripts name this machine's interpreter; uv's lock file
 
 
 def default_home() -> Path:
@@ -83,15 +84,24 @@ class Installed:
 
 @dataclass(frozen=True, slots=True)
 class InstallRequest:
-    """What to install and from where; ``lockfile`` turns on hash-checking, binary-only mode."""
+    """What to install and from where.
+
+    ``require_hashes`` turns on hash-checking, binary-only mode for ``requirements`` (a lock
+    file): every requirement pinned and hashed, wheels only.
+    """
 
     spec: str | None = None
     find_links: Sequence[str] = ()
     index_url: str | None = None
-    lockfile: Path | None = None
+    no_index: bool = False
+    requirements: Path | None = None
+    require_hashes: bool = False
 
     def describe(self) -> str:
-        return self.spec or f"-r {self.lockfile}"
+        parts = [self.spec] if self.spec else []
+        if self.requirements is not None:
+            parts.append(f"-r {self.requirements}")
+        return " ".join(parts)
 
 
 class Store:
@@ -216,10 +226,14 @@ def installer_command(request: InstallRequest, build: Path) -> list[str]:
         command += ["--find-links", str(link)]
     if request.index_url:
         command += ["--index-url", request.index_url]
-    if request.lockfile is not None:
+    if request.no_index:
+        command.append("--no-index")
+    if request.require_hashes:
         # Every requirement pinned and hashed, wheels only: nothing from a package runs before
         # its hash was checked, and a build step (which would run code) is refused.
-        command += ["--require-hashes", *binary_only, "-r", str(request.lockfile)]
+        command += ["--require-hashes", *binary_only]
+    if request.requirements is not None:
+        command += ["-r", str(request.requirements)]
     if request.spec:
         command.append(request.spec)
     return command
@@ -261,11 +275,11 @@ def _files(root: Path) -> Iterator[Path]:
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         relative = here.relative_to(root)
-        dirs[:] = sorted(
-            d for d in dirs if d != "__pycache__" and not (relative == Path(".") and d == "bin")
-        )
+        top = relative == Path(".")
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not (top and d in _VOLATILE_TOP))
         for name in sorted(files):
-            if here.name.endswith(".dist-info") and name in _VOLATILE:
+            volatile = _VOLATILE if here.name.endswith(".dist-info") else set()
+            if name in volatile or (top and name in _VOLATILE_TOP):
                 continue
             yield here / name
 
@@ -274,7 +288,8 @@ def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file of an environment that is the plugin's content, by relative path.
 
     Left out: scripts in ``bin/`` (their first line names this machine's interpreter), bytecode
-    caches, and the installer's own bookkeeping files in ``*.dist-info``.
+    caches (workers never read them: their bytecode lives under the store's ``pycache/``), and
+    the installer's own bookkeeping (``*.dist-info/RECORD`` and friends, uv's ``.lock``).
     """
     hashes: dict[str, str] = {}
     for path in _files(root):
