@@ -150,6 +150,8 @@ def test_cli_plugin_list_shows_environment_plugins_and_their_targets(run) -> Non
         "version": "1.0.0",
         "distribution": "turnout-echo",
         "source": "environment",
+        "status": "installed",
+        "location": echo["location"],
         "entry_point": "turnout_echo",
         "targets": ["site"],
     }
