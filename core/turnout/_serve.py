@@ -155,15 +155,18 @@ def _load(request: dict[str, Any]) -> Any:
             f"distribution {distribution} here is at {dist.version}, the registry pins {version}"
         )
     group, plugin_id = hookspecs.ENTRY_POINT_GROUP, request["plugin_id"]
-    providers = [
-        (d.metadata["Name"], ep)
-        for d in metadata.distributions(path=request["path"])
-        for ep in d.entry_points.select(group=group)
-        if _normalize_id(ep.name) == plugin_id
-    ]
-    names = sorted({name for name, _ in providers})
-    if len(names) > 1:
-        raise LookupError(f"plugin id {plugin_id!r} is provided by {', '.join(names)}")
+    if request.get("own_environment"):
+        # A store environment is small: make sure nothing else in it claims the same id.
+        names = sorted(
+            {
+                d.metadata["Name"]
+                for d in metadata.distributions(path=request["path"])
+                for ep in d.entry_points.select(group=group)
+                if _normalize_id(ep.name) == plugin_id
+            }
+        )
+        if len(names) > 1:
+            raise LookupError(f"plugin id {plugin_id!r} is provided by {', '.join(names)}")
     matching = [
         ep
         for ep in dist.entry_points.select(group=group)

@@ -209,7 +209,8 @@ class Turnout:
             return environment.load(ref, row.distribution, row.entry_point)
         # Only turnout's environment has this version: it still runs in its own process (with
         # deadlines and crash containment), on turnout's own path, which is its environment.
-        return self._start_worker(ref, row, tuple(p for p in sys.path if p), timeout)
+        path = tuple(p for p in sys.path if p)
+        return self._start_worker(ref, row, path, timeout, own_environment=False)
 
     def _environment_row(self, ref: PluginRef, isolation: str) -> PluginVersion:
         row = self.registry.find_plugin_version(ref, environment.SOURCE)
@@ -228,9 +229,17 @@ class Turnout:
             raise
 
     def _start_worker(
-        self, ref: PluginRef, row: PluginVersion, path: tuple[str, ...], timeout: float
+        self,
+        ref: PluginRef,
+        row: PluginVersion,
+        path: tuple[str, ...],
+        timeout: float,
+        *,
+        own_environment: bool = True,
     ) -> WorkerReleaser:
-        spec = WorkerSpec(ref.plugin_id, ref.version, row.distribution, row.entry_point, path)
+        spec = WorkerSpec(
+            ref.plugin_id, ref.version, row.distribution, row.entry_point, path, own_environment
+        )
         self.store.workers.mkdir(parents=True, exist_ok=True)
         releaser = WorkerReleaser(spec, home=self.store.workers, start_timeout=timeout)
         releaser.ensure_started()

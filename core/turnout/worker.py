@@ -73,6 +73,8 @@ class WorkerSpec:
     distribution: str
     entry_point: str
     path: tuple[str, ...]
+    own_environment: bool = True
+    """False for a plugin in turnout's own environment (``path`` is then turnout's path)."""
 
     @property
     def ref(self) -> str:
@@ -189,6 +191,7 @@ class WorkerProcess:
             "version": self.spec.version,
             "plugin_id": self.spec.plugin_id,
             "entry_point": self.spec.entry_point,
+            "own_environment": self.spec.own_environment,
             "memory_limit_mb": self._memory_limit_mb,
         }
         try:
