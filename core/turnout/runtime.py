@@ -202,15 +202,15 @@ class Turnout:
                         f"(environment {stored.location} is missing from {self.store.envs})",
                         f"run: turnout plugin install '{stored.requirement}'",
                     )
-                path = (str(self.store.path(stored.location)),)
-                return self._start_worker(ref, stored, path, timeout)
+                env = str(self.store.path(stored.location))
+                return self._start_worker(ref, stored, (env,), timeout)
         row = self._environment_row(ref, isolation)
         if isolation == "inline":
             return environment.load(ref, row.distribution, row.entry_point)
         # Only turnout's environment has this version: it still runs in its own process (with
         # deadlines and crash containment), on turnout's own path, which is its environment.
-        path = tuple(p for p in sys.path if p)
-        return self._start_worker(ref, row, path, timeout, own_environment=False)
+        turnout_path = tuple(p for p in sys.path if p)
+        return self._start_worker(ref, row, turnout_path, timeout, own_environment=False)
 
     def _environment_row(self, ref: PluginRef, isolation: str) -> PluginVersion:
         row = self.registry.find_plugin_version(ref, environment.SOURCE)
