@@ -55,6 +55,7 @@ PLUGINS = sorted(
 )
 LINT_TOOLS = ["ruff>=0.8"]
 TYPE_TOOLS = ["mypy>=1.13"]
+BENCH_TOOLS = ["stevedore>=5"]  # the naive registry that P10 compares against
 
 
 @nox.session(python=PYTHON)
@@ -99,11 +100,12 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """Install the core and the directory releaser into a fresh environment and release a site.
+    """Install turnout into a fresh environment, the directory releaser into its store, release.
 
-    Uses a copy of registry.db.example in .demo/; the release folders land in .demo/www.
+    Uses a copy of registry.db.example in .demo/; the store is .demo/home and the release
+    folders land in .demo/www.
     """
-    session.install(".", "./plugins/turnout-directory")
+    session.install(".")
     session.run("python", "demo/demo.py", *session.posargs)
 
 
@@ -112,6 +114,18 @@ def example_registry(session: nox.Session) -> None:
     """Rebuild registry.db.example at the latest migration (commit the result)."""
     session.install(".", "./plugins/turnout-directory")
     session.run("python", "demo/make_example_registry.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Measure the performance goals of PERFORMANCE.md, each as a ratio to a floor in one run.
+
+    Prints a table (median, min-max, ratio, goal, pass/fail) and writes it to
+    bench/results/latest.json. Takes a few minutes; ``-- --quick`` runs in well under one,
+    ``-- --only P2,P10`` picks goals. Not a default session: a slow machine fails no build.
+    """
+    session.install(".", *BENCH_TOOLS)
+    session.run("python", "bench/run.py", *session.posargs)
 
 
 if __name__ == "__main__":

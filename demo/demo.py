@@ -62,12 +62,14 @@ def main() -> None:
     WORK.mkdir()
     shutil.copy(ROOT / "registry.db.example", DB)
     os.environ.pop("TURNOUT_DATABASE_URL", None)
+    os.environ["TURNOUT_HOME"] = str(WORK / "home")  # the plugin store, inside .demo/
 
     step("The example registry, copied to .demo/registry.db, is at the latest migration")
     turnout("db", "upgrade")
     turnout("target", "list")
 
-    step("Releasers installed in this environment")
+    step("Install directory 1.0.0 into the store: an environment and a worker process of its own")
+    turnout("plugin", "install", str(ROOT / "plugins" / "turnout-directory"))
     turnout("plugin", "list")
 
     step("Point a new target at directory@1.0.0, publishing into .demo/www")

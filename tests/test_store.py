@@ -460,3 +460,13 @@ def test_store_hash_checked_install_refuses_to_build_a_source_distribution(
         tt.install_plugin(_hashed(house, lock))
     assert not marker.exists()
     assert tt.registry.plugin_versions("store") == []
+
+
+def test_store_missing_version_names_the_versions_the_store_has(
+    tt: Turnout, wheelhouse: Path
+) -> None:
+    tt.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
+    with pytest.raises(PluginNotInstalledError) as raised:
+        tt.set_target("site", "echo@9.9.9")
+    assert "the store has echo@2.0.0" in str(raised.value)
+    assert "turnout plugin install 'turnout-echo==9.9.9'" in str(raised.value)

@@ -204,13 +204,29 @@ class Turnout:
                     )
                 env = str(self.store.path(stored.location))
                 return self._start_worker(ref, stored, (env,), timeout)
-        row = self._environment_row(ref, isolation)
+        try:
+            row = self._environment_row(ref, isolation)
+        except PluginNotInstalledError:
+            if isolation == "process":
+                self._explain_missing_from_store(ref)
+            raise
         if isolation == "inline":
             return environment.load(ref, row.distribution, row.entry_point)
         # Only turnout's environment has this version: it still runs in its own process (with
         # deadlines and crash containment), on turnout's own path, which is its environment.
         turnout_path = tuple(p for p in sys.path if p)
         return self._start_worker(ref, row, turnout_path, timeout, own_environment=False)
+
+    def _explain_missing_from_store(self, ref: PluginRef) -> None:
+        """Raise a refusal naming the versions of ``ref``'s plugin that the store does have."""
+        others = [r for r in self.registry.plugin_versions("store") if r.plugin_id == ref.plugin_id]
+        if others:
+            have = ", ".join(f"{r.plugin_id}@{r.version}" for r in others)
+            raise PluginNotInstalledError(
+                str(ref),
+                f"{ref} is not installed: the store has {have}",
+                f"run: turnout plugin install '{others[-1].distribution}=={ref.version}'",
+            )
 
     def _environment_row(self, ref: PluginRef, isolation: str) -> PluginVersion:
         row = self.registry.find_plugin_version(ref, environment.SOURCE)
