@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -470,3 +471,66 @@ def test_store_missing_version_names_the_versions_the_store_has(
         tt.set_target("site", "echo@9.9.9")
     assert "the store has echo@2.0.0" in str(raised.value)
     assert "turnout plugin install 'turnout-echo==9.9.9'" in str(raised.value)
+
+
+@pytest.mark.usefixtures("plugin_site")
+def test_store_isolation_picks_the_copy(tt: Turnout, tmp_path: Path, wheelhouse: Path) -> None:
+    """echo@1.0.0 both beside turnout and in the store: inline runs the one, process the other."""
+    store_copy = build_wheel(
+        tmp_path / "w",
+        "turnout-echo",
+        "1.0.0",
+        {"turnout_echo.py": (FIXTURES / "echo.py").read_text().replace("@VERSION@", "store-copy")},
+        entry_points={"turnout.releasers": {"echo": "turnout_echo"}},
+        requires=["pluggy>=1.5"],
+    )
+    tt.install_plugin(_request(store_copy, wheelhouse))
+    tt.set_target("in-process", "echo@1.0.0", isolation="inline")
+    tt.set_target("in-worker", "echo@1.0.0")
+    inline = tt.release("in-process", "a.tgz", key="k")
+    worker = tt.release("in-worker", "a.tgz", key="k")
+    assert inline.result is not None
+    assert worker.result is not None
+    assert inline.result["version"] == "1.0.0"
+    assert worker.result["version"] == "store-copy"
+
+
+def test_store_inline_isolation_refuses_a_store_only_plugin(tt: Turnout, wheelhouse: Path) -> None:
+    tt.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
+    with pytest.raises(PluginNotInstalledError, match="use --isolation process"):
+        tt.set_target("site", "echo@2.0.0", isolation="inline")
+
+
+def test_store_worker_stays_warm_and_restarts_after_dying(tt: Turnout, wheelhouse: Path) -> None:
+    from turnout.worker import WorkerReleaser
+
+    tt.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
+    tt.set_target("site", "echo@2.0.0")
+    tt.release("site", "a.tgz", key="k1")
+    (releaser,) = tt._releasers.values()
+    assert isinstance(releaser, WorkerReleaser)
+    assert releaser._process is not None
+    pid = releaser._process.process.pid
+    tt.release("site", "a.tgz", key="k2")
+    assert releaser._process.process.pid == pid  # warm: the same process served both
+    os.kill(pid, signal.SIGKILL)
+    releaser._process.process.wait()
+    assert tt.release("site", "a.tgz", key="k3").status is Status.SUCCEEDED
+    assert releaser._process.process.pid != pid
+
+
+def test_store_plugin_list_marks_versions_missing_on_this_machine(
+    db_path: Path, home: Path, wheelhouse: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from turnout.cli import cli
+
+    with Turnout(str(db_path), home=home) as handle:
+        (v2,) = handle.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
+    shutil.rmtree(home / "envs" / v2.digest)
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "plugin", "list", "--json"])
+    rows = [r for r in json.loads(result.stdout) if r["source"] == "store"]
+    assert [(r["plugin"], r["version"], r["status"]) for r in rows] == [
+        ("echo", "2.0.0", "missing")
+    ]
