@@ -18,6 +18,7 @@ from helpers import FIXTURES, build_wheel
 from turnout import PluginLoadError, PluginNotInstalledError, Status, Turnout
 from turnout.errors import PluginInstallError, UsageError
 from turnout.store import InstallRequest, tree_hashes
+from turnout.worker import WorkerReleaser
 
 STORE_FIXTURES = FIXTURES / "store"
 
@@ -68,10 +69,10 @@ def test_store_install_records_the_version_and_runs_it_in_a_worker(
     assert record.status is Status.SUCCEEDED
     assert record.result is not None
     assert record.result["version"] == "1.0.0"
-    # The core never imported the plugin: it ran in the worker.
-    assert "turnout_echo" not in sys.modules or "site-packages" in str(
-        sys.modules["turnout_echo"].__file__
-    )
+    # It ran in a worker whose path is the store environment.
+    (releaser,) = tt._releasers.values()
+    assert isinstance(releaser, WorkerReleaser)
+    assert releaser.spec.path == (str(env),)
 
 
 def test_store_install_twice_does_nothing(tt: Turnout, wheelhouse: Path, home: Path) -> None:
@@ -502,8 +503,6 @@ def test_store_inline_isolation_refuses_a_store_only_plugin(tt: Turnout, wheelho
 
 
 def test_store_worker_stays_warm_and_restarts_after_dying(tt: Turnout, wheelhouse: Path) -> None:
-    from turnout.worker import WorkerReleaser
-
     tt.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
     tt.set_target("site", "echo@2.0.0")
     tt.release("site", "a.tgz", key="k1")
