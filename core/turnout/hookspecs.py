@@ -58,7 +58,7 @@ def turnout_release(
 
 @hookspec
 def turnout_validate_config(config: Mapping[str, Any]) -> None:
-    """Called before a target is pointed at this plugin, and before every release.
+    """Called before a target is pointed at this plugin, and before it first releases with it.
 
     Optional. Check the target's configuration and raise ``ValueError`` with a message that
     names the offending field; never echo a value, which may be a secret.

@@ -106,6 +106,7 @@ class Turnout:
         self.store = Store(home)
         self._sleep = sleep
         self._releasers: dict[tuple[PluginRef, str], Releaser] = {}
+        self._validated: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -156,7 +157,10 @@ class Turnout:
         print_ = fingerprint(spec.name, artifact, spec.plugin_ref, spec.config, ctx)
         try:
             releaser = self._releaser(spec.plugin_ref, spec.isolation, spec.timeout)
-            self._validate(releaser, spec, spec.config)
+            if (spec.name, spec.revision) not in self._validated:
+                # Once per target revision and process: a revision fixes plugin and config.
+                self._validate(releaser, spec, spec.config)
+                self._validated.add((spec.name, spec.revision))
             config, secrets = _secrets.resolve(spec.config)
         except ConfigurationError:
             # A key that was already released still answers with its outcome.
