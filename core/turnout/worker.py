@@ -202,8 +202,8 @@ class WorkerProcess:
             ) from None
         if not answer.get("ok"):
             error = answer["error"]
-            output = self._output.take(None, wait=0.2)
-            self.stop()
+            self.stop()  # joins the output thread, so everything the import printed is in
+            output = self._output.take(None, wait=0)
             raise PluginLoadError(
                 self.spec.ref,
                 self.spec.distribution,
