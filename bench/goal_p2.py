@@ -51,7 +51,7 @@ def run(world: World, plan: Plan, report: Report) -> None:
     )
     report.compare("P2", "p2.process", "p2.inline", 1.25)
 
-    releaser = world.turnout._releaser(NOOP_REF, "process", 60.0)
+    releaser = world.turnout._releaser(NOOP_REF, "process")
     assert isinstance(releaser, WorkerReleaser)
     worker = releaser._worker()
     raw = RawPipe()

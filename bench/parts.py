@@ -26,7 +26,7 @@ def run(world: World, plan: Plan, report: Report) -> None:
 
     turnout = world.turnout
     ledger = turnout.ledger
-    releaser = turnout._releaser(NOOP_REF, "inline", 60.0)
+    releaser = turnout._releaser(NOOP_REF, "inline")
     naive = NaiveLedger(world.root / "parts-naive.db")
     raw = sqlite3.connect(str(world.root / "parts-raw.db"), isolation_level=None)
     raw.execute("PRAGMA journal_mode = WAL")

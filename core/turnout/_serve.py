@@ -256,7 +256,8 @@ def serve(requests: int, responses: int) -> int:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):  # a plugin may close them
                     stream.flush()
-            os.write(2, NONCE_PREFIX + request["nonce"].encode() + b"\x00")
+            with contextlib.suppress(OSError):  # a plugin may have closed its stderr
+                os.write(2, NONCE_PREFIX + request["nonce"].encode() + b"\x00")
         _write_all(responses, encode_frame(answer))
         if stopping:
             return 0

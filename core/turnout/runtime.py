@@ -156,7 +156,7 @@ class Turnout:
         spec = self.registry.get_target(target)
         print_ = fingerprint(spec.name, artifact, spec.plugin_ref, spec.config, ctx)
         try:
-            releaser = self._releaser(spec.plugin_ref, spec.isolation, spec.timeout)
+            releaser = self._releaser(spec.plugin_ref, spec.isolation)
             if (spec.name, spec.revision) not in self._validated:
                 # Once per target revision and process: a revision fixes plugin and config.
                 self._validate(releaser, spec, spec.config)
@@ -186,16 +186,16 @@ class Turnout:
         assert record is not None  # noqa: S101 - claimed above
         return record.raise_for_status()
 
-    def _releaser(self, ref: PluginRef, isolation: str, timeout: float) -> Releaser:
+    def _releaser(self, ref: PluginRef, isolation: str) -> Releaser:
         """The loaded releaser for ``ref``: found through the registry, never by a scan."""
         with self._lock:
             releaser = self._releasers.get((ref, isolation))
             if releaser is None:
-                releaser = self._load(ref, isolation, timeout)
+                releaser = self._load(ref, isolation)
                 self._releasers[(ref, isolation)] = releaser
             return releaser
 
-    def _load(self, ref: PluginRef, isolation: str, timeout: float) -> Releaser:
+    def _load(self, ref: PluginRef, isolation: str) -> Releaser:
         if isolation == "process":
             stored = self.registry.find_plugin_version(ref, "store")
             if stored is not None:
@@ -207,7 +207,7 @@ class Turnout:
                         f"run: turnout plugin install '{stored.requirement}'",
                     )
                 env = str(self.store.path(stored.location))
-                return self._start_worker(ref, stored, (env,), timeout)
+                return self._start_worker(ref, stored, (env,))
         try:
             row = self._environment_row(ref, isolation)
         except PluginNotInstalledError:
@@ -219,7 +219,7 @@ class Turnout:
         # Only turnout's environment has this version: it still runs in its own process (with
         # deadlines and crash containment), on turnout's own path, which is its environment.
         turnout_path = tuple(p for p in sys.path if p)
-        return self._start_worker(ref, row, turnout_path, timeout, own_environment=False)
+        return self._start_worker(ref, row, turnout_path, own_environment=False)
 
     def _explain_missing_from_store(self, ref: PluginRef) -> None:
         """Raise a refusal naming the versions of ``ref``'s plugin that the store does have."""
@@ -253,7 +253,6 @@ class Turnout:
         ref: PluginRef,
         row: PluginVersion,
         path: tuple[str, ...],
-        timeout: float,
         *,
         own_environment: bool = True,
     ) -> WorkerReleaser:
@@ -261,7 +260,8 @@ class Turnout:
             ref.plugin_id, ref.version, row.distribution, row.entry_point, path, own_environment
         )
         self.store.workers.mkdir(parents=True, exist_ok=True)
-        releaser = WorkerReleaser(spec, home=self.store.workers, start_timeout=timeout)
+        # The start timeout is the worker's own: one version's worker serves many targets.
+        releaser = WorkerReleaser(spec, home=self.store.workers)
         releaser.ensure_started()
         return releaser
 
@@ -324,7 +324,7 @@ class Turnout:
             isolation=isolation or (current.isolation if current else DEFAULT_ISOLATION),
             revision=0,
         )
-        releaser = self._releaser(ref, proposed.isolation, proposed.timeout)
+        releaser = self._releaser(ref, proposed.isolation)
         self._validate(releaser, proposed, proposed.config)
         return self.registry.set_target(
             name,

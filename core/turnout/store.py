@@ -4,8 +4,8 @@ Layout under the store's home (``TURNOUT_HOME``, default the platform's user dat
 
     envs/<digest>/        one environment (a ``--target`` install), never modified once moved here
     tmp/                  environments being built; never used, cleaned when stale
-    workers/              private working folders of running workers
-    pycache/              bytecode of worker processes (their environments are never written)
+    workers/              private working folders of running workers, and in workers/pycache/
+                          their bytecode (environments are never written after the move)
 
 An environment is built in ``tmp/`` by uv (pip when uv is missing), its ``turnout.releasers``
 entry points are read there with ``importlib.metadata.distributions(path=...)``, and it is then
@@ -288,7 +288,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file of an environment that is the plugin's content, by relative path.
 
     Left out: scripts in ``bin/`` (their first line names this machine's interpreter), bytecode
-    caches (workers never read them: their bytecode lives under the store's ``pycache/``), and
+    caches (workers never read them: their bytecode lives under ``workers/pycache/``), and
     the installer's own bookkeeping (``*.dist-info/RECORD`` and friends, uv's ``.lock``).
     """
     hashes: dict[str, str] = {}

@@ -44,6 +44,8 @@ OUTPUT_LIMIT = 64 << 10
 """Bytes of a call's stdout/stderr kept: the last 64 KiB."""
 GRACE = 2.0
 """Seconds between SIGTERM and SIGKILL when a deadline passes."""
+START_TIMEOUT = 30.0
+"""Seconds a worker may take from spawn to serving (importing the plugin included)."""
 DEFAULT_MEMORY_LIMIT_MB = 2048
 """Address-space limit of a worker (RLIMIT_AS); ``TURNOUT_WORKER_MEMORY_MB`` overrides it."""
 ENV_ALLOWLIST = (
@@ -349,7 +351,9 @@ class WorkerReleaser:
     it died or was stopped at a deadline. Calls to one worker are serialised.
     """
 
-    def __init__(self, spec: WorkerSpec, *, home: Path, start_timeout: float) -> None:
+    def __init__(
+        self, spec: WorkerSpec, *, home: Path, start_timeout: float = START_TIMEOUT
+    ) -> None:
         self.spec = spec
         self.output = ""
         self._home = home
