@@ -20,7 +20,7 @@ from world import NOOP_DIST, NOOP_ID, NOOP_MODULE, NOOP_VERSION, World
 
 from turnout.worker import DEFAULT_MEMORY_LIMIT_MB, WorkerProcess, WorkerSpec
 
-IMPORTS = "import sys; sys.path[:0] = [{env!r}]; import json, importlib.metadata, pluggy"
+IMPORTS = "import sys; sys.path[:0] = [{env!r}]; import json, faulthandler, resource, pluggy"
 
 
 def _spawn(command: list[str]) -> None:
@@ -88,7 +88,7 @@ def run(world: World, plan: Plan, report: Report) -> None:
                     "spawn `python -I -S` importing what a worker needs",
                     "info",
                     n,
-                    "json, importlib.metadata and pluggy (from the store environment), "
+                    "json, faulthandler, resource and pluggy (from the store environment), "
                     "then exit: the import floor of a worker",
                 ),
                 (

@@ -134,56 +134,131 @@ def _error(exc: BaseException) -> dict[str, Any]:
 
 
 def _load(request: dict[str, Any]) -> Any:
-    """Import the pinned entry point after checking its distribution; return a hook relay."""
-    import importlib.util
-    from importlib import metadata
+    """Import the pinned entry point after checking its distribution; return a hook relay.
+
+    Distribution metadata is read straight from ``*.dist-info`` folders: importing
+    ``importlib.metadata`` would cost a worker more start-up time than everything else it does.
+    """
+    import types
 
     sys.path[:0] = request["path"]
-    spec = importlib.util.spec_from_file_location(
-        "_turnout_hookspecs", os.path.join(os.path.dirname(__file__), "hookspecs.py")
-    )
-    if spec is None or spec.loader is None:  # pragma: no cover - the file ships beside us
-        raise ImportError("hookspecs.py is missing beside the worker")
-    hookspecs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hookspecs)
+    specs_path = os.path.join(os.path.dirname(__file__), "hookspecs.py")
+    hookspecs = types.ModuleType("_turnout_hookspecs")
+    hookspecs.__file__ = specs_path
+    with open(specs_path, encoding="utf-8") as source:
+        exec(compile(source.read(), specs_path, "exec"), hookspecs.__dict__)  # noqa: S102
     import pluggy
 
     distribution, version = request["distribution"], request["version"]
-    dist = metadata.distribution(distribution)
-    if _normalize_version(dist.version) != version:
-        raise LookupError(
-            f"distribution {distribution} here is at {dist.version}, the registry pins {version}"
-        )
     group, plugin_id = hookspecs.ENTRY_POINT_GROUP, request["plugin_id"]
+    found = _find_distribution(request["path"], distribution)
+    if found is None:
+        raise LookupError(f"distribution {distribution} is not in this worker's environment")
+    info, installed = found
+    if installed != version and _normalize_version(installed) != version:
+        raise LookupError(
+            f"distribution {distribution} here is at {installed}, the registry pins {version}"
+        )
     if request.get("own_environment"):
         # A store environment is small: make sure nothing else in it claims the same id.
         names = sorted(
             {
-                d.metadata["Name"]
-                for d in metadata.distributions(path=request["path"])
-                for ep in d.entry_points.select(group=group)
-                if _normalize_id(ep.name) == plugin_id
+                name
+                for entry in request["path"]
+                for name, points in _all_entry_points(entry, group)
+                if plugin_id in points
             }
         )
         if len(names) > 1:
             raise LookupError(f"plugin id {plugin_id!r} is provided by {', '.join(names)}")
-    matching = [
-        ep
-        for ep in dist.entry_points.select(group=group)
-        if _normalize_id(ep.name) == plugin_id and ep.value == request["entry_point"]
-    ]
-    if not matching:
+    declared = _entry_points(info).get(group, {})
+    if declared.get(plugin_id) != request["entry_point"]:
         raise LookupError(
             f"distribution {distribution} {version} does not declare "
             f"{plugin_id} = {request['entry_point']!r} in {group}"
         )
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    manager.register(matching[0].load(), name=f"{plugin_id}@{version}")
+    manager.register(_load_entry_point(request["entry_point"]), name=f"{plugin_id}@{version}")
     manager.check_pending()
     if not manager.hook.turnout_release.get_hookimpls():
         raise LookupError(f"{plugin_id}@{version} does not implement turnout_release")
     return manager
+
+
+def _find_distribution(path: list[str], name: str) -> tuple[str, str] | None:
+    """The first ``*.dist-info`` folder on ``path`` for ``name``, and its version."""
+    wanted = _normalize_id(name)
+    for entry in path:
+        try:
+            names = os.listdir(entry)
+        except OSError:
+            continue
+        for folder in names:
+            stem, _, version = folder.removesuffix(".dist-info").rpartition("-")
+            if folder.endswith(".dist-info") and _normalize_id(stem) == wanted:
+                info = os.path.join(entry, folder)
+                return info, _metadata_version(info) or version
+    return None
+
+
+def _metadata_version(info: str) -> str | None:
+    try:
+        with open(os.path.join(info, "METADATA"), encoding="utf-8") as metadata:
+            for line in metadata:
+                if not line.strip():
+                    break  # the headers end at the first blank line
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def _entry_points(info: str) -> dict[str, dict[str, str]]:
+    """``entry_points.txt`` of one dist-info folder: group -> normalised name -> value."""
+    groups: dict[str, dict[str, str]] = {}
+    try:
+        with open(os.path.join(info, "entry_points.txt"), encoding="utf-8") as text:
+            lines = text.read().splitlines()
+    except OSError:
+        return groups
+    section: dict[str, str] | None = None
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = groups.setdefault(line[1:-1].strip(), {})
+        elif section is not None and "=" in line:
+            name, value = line.split("=", 1)
+            section[_normalize_id(name.strip())] = value.strip()
+    return groups
+
+
+def _all_entry_points(entry: str, group: str) -> list[tuple[str, dict[str, str]]]:
+    """(distribution folder name, that group's entry points) for every dist-info in ``entry``."""
+    try:
+        folders = [f for f in os.listdir(entry) if f.endswith(".dist-info")]
+    except OSError:
+        return []
+    found = []
+    for folder in folders:
+        points = _entry_points(os.path.join(entry, folder)).get(group)
+        if points:
+            found.append((folder.removesuffix(".dist-info").rpartition("-")[0], points))
+    return found
+
+
+def _load_entry_point(value: str) -> Any:
+    """Import ``module:attr.attr`` (extras in brackets ignored), as importlib.metadata would."""
+    import importlib
+
+    module_name, _, attrs = value.split("[", 1)[0].strip().partition(":")
+    target: Any = importlib.import_module(module_name.strip())
+    for attr in filter(None, attrs.strip().split(".")):
+        target = getattr(target, attr)
+    return target
 
 
 def _normalize_id(name: str) -> str:
@@ -194,7 +269,7 @@ def _normalize_id(name: str) -> str:
 
 def _normalize_version(version: str) -> str:
     try:
-        from packaging.version import Version  # present in most environments, not required
+        from packaging.version import Version  # only on a mismatch, and only if present
     except ImportError:
         return version
     return str(Version(version))
