@@ -168,6 +168,7 @@ def test_target_set_creates_and_records_a_revision(tt: Turnout) -> None:
         "max_attempts": 3,
         "timeout": 60.0,
         "isolation": "process",
+        "idempotent": False,
     }
 
 

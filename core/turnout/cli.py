@@ -179,6 +179,7 @@ def _target_dict(target: TargetSpec) -> dict[str, Any]:
         "max_attempts": target.max_attempts,
         "timeout": target.timeout,
         "isolation": target.isolation,
+        "idempotent": target.idempotent,
         "revision": target.revision,
     }
 
@@ -212,6 +213,13 @@ def target() -> None:
     help="process (default): a worker process of its own, the store's copy when there is "
     "one; inline: in the caller's process, for trusted plugins in turnout's environment.",
 )
+@click.option(
+    "--idempotent/--not-idempotent",
+    default=None,
+    help="Whether turnout may call the plugin again with the same key after a runner died "
+    "mid-call, when the plugin has no turnout_probe (default: not; the release is then "
+    "recorded 'unknown' for a human to check).",
+)
 @click.option("--reason", default="", help="Why; kept in the target's history.")
 @click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
 @json_option
@@ -225,6 +233,7 @@ def target_set(
     timeout: float | None,
     max_attempts: int | None,
     isolation: str | None,
+    idempotent: bool | None,
     reason: str,
     actor: str | None,
     as_json: bool,
@@ -241,6 +250,7 @@ def target_set(
         max_attempts=max_attempts,
         timeout=timeout,
         isolation=isolation,
+        idempotent=idempotent,
         actor=actor,
         reason=reason,
     )

@@ -20,8 +20,10 @@ facts as attributes and maps to exactly one CLI exit code (``exit_code``)::
     ├── WorkerTimeoutError (TimeoutError)            75  a call passed its deadline (transient)
     ├── KeyMismatchError                             65  same key, different request
     ├── ReleaseInProgressError                       75  same key, still running elsewhere
+    ├── LeaseLostError                               75  taken over after this lease expired
     └── ReleaseFailedError                            1  the releaser failed permanently
-        └── TransientReleaseError                    75  failed transiently, retries spent
+        ├── TransientReleaseError                    75  failed transiently, retries spent
+        └── ReleaseUnknownError                      75  may or may not have deployed
 
 Exit codes follow ``sysexits.h``: 65 data error, 75 temporary failure (a job runner should retry
 later), 78 configuration error.
@@ -208,6 +210,20 @@ class ReleaseInProgressError(TurnoutError):
         )
 
 
+class LeaseLostError(TurnoutError):
+    """This caller's claim expired and another caller took the release over; nothing written."""
+
+    exit_code = EXIT_TEMPFAIL
+
+    def __init__(self, release_id: str, status: str) -> None:
+        self.release_id = release_id
+        super().__init__(
+            f"release {release_id} was taken over by another runner after this one's lease "
+            f"expired, so its outcome ({status}) was not recorded; the other runner's stands. "
+            f"See: turnout releases show {release_id}"
+        )
+
+
 class ReleaseFailedError(TurnoutError):
     """The releaser failed; the release is recorded with its error."""
 
@@ -223,3 +239,21 @@ class TransientReleaseError(ReleaseFailedError):
     """The releaser failed transiently on every attempt; a later retry may succeed."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+class ReleaseUnknownError(ReleaseFailedError):
+    """A runner died mid-call and nothing can tell whether the release deployed."""
+
+    exit_code = EXIT_TEMPFAIL
+
+    def __init__(self, release: ReleaseRecord) -> None:
+        self.release = release
+        TurnoutError.__init__(
+            self,
+            f"release {release.id} to {release.target} with {release.plugin_ref} (key "
+            f"{release.idempotency_key!r}) may or may not have deployed: its runner stopped "
+            "mid-call and the plugin cannot be asked (no turnout_probe) nor safely called again "
+            f"(the target is not marked idempotent). Check whether {release.target} has "
+            f"{release.artifact}, then record it: turnout reconcile {release.id} --as "
+            "succeeded|failed",
+        )

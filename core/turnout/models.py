@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -54,7 +55,11 @@ class PluginVersion(SQLModel, table=True):
 
 
 class Target(SQLModel, table=True):
-    """A named release destination: its default plugin ref, config and policy."""
+    """A named release destination: its default plugin ref, config and policy.
+
+    ``idempotent`` is the operators' word that the plugin may be called again with the same key
+    after a runner died mid-call, when it has no ``turnout_probe`` to ask.
+    """
 
     __tablename__ = "targets"
 
@@ -65,6 +70,7 @@ class Target(SQLModel, table=True):
     max_attempts: int
     timeout: float
     isolation: str = Field(default="process", sa_column_kwargs={"server_default": "process"})
+    idempotent: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     revision: int
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
@@ -93,7 +99,9 @@ class Release(SQLModel, table=True):
 
     ``retryable`` says whether the final error was transient, so that asking again with the
     same key answers with the original exit code. ``output`` is the tail of what the plugin
-    printed, when it ran in a worker process.
+    printed, when it ran in a worker process. ``token`` fences every write after the claim
+    and ``lease_expires_at`` says until when the holder is presumed alive (see
+    :class:`turnout.releases.Ledger`); ``replay_of`` links a replay to its original.
     """
 
     __tablename__ = "releases"
@@ -117,5 +125,8 @@ class Release(SQLModel, table=True):
     error_type: str | None = None
     retryable: bool | None = None
     output: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    token: str | None = None
+    lease_expires_at: datetime | None = _timestamp(nullable=True)
+    replay_of: str | None = Field(default=None, index=True)
     started_at: datetime = _timestamp(index=True)
     finished_at: datetime | None = _timestamp(nullable=True)

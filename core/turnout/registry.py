@@ -38,6 +38,7 @@ class TargetSpec:
     timeout: float
     isolation: str
     revision: int
+    idempotent: bool = False
 
     def snapshot(self) -> dict[str, Any]:
         """The target as stored in its revision history."""
@@ -47,6 +48,7 @@ class TargetSpec:
             "max_attempts": self.max_attempts,
             "timeout": self.timeout,
             "isolation": self.isolation,
+            "idempotent": self.idempotent,
         }
 
 
@@ -68,6 +70,7 @@ def _spec(row: Target) -> TargetSpec:
         timeout=row.timeout,
         isolation=row.isolation,
         revision=row.revision,
+        idempotent=row.idempotent,
     )
 
 
@@ -132,6 +135,7 @@ class Registry:
             timeout=row.timeout,
             isolation=row.isolation,
             revision=row.revision,
+            idempotent=row.idempotent,
         )
 
     def list_targets(self) -> list[TargetSpec]:
@@ -148,6 +152,7 @@ class Registry:
         max_attempts: int | None = None,
         timeout: float | None = None,
         isolation: str | None = None,
+        idempotent: bool | None = None,
         actor: str,
         reason: str,
     ) -> TargetChange:
@@ -174,6 +179,7 @@ class Registry:
                     max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
                     timeout=timeout or DEFAULT_TIMEOUT,
                     isolation=isolation or DEFAULT_ISOLATION,
+                    idempotent=bool(idempotent),
                     revision=(last or 0) + 1,
                     created_at=now,
                     updated_at=now,
@@ -184,12 +190,14 @@ class Registry:
                 new_attempts = before.max_attempts if max_attempts is None else max_attempts
                 new_timeout = before.timeout if timeout is None else timeout
                 new_isolation = before.isolation if isolation is None else isolation
+                new_idempotent = before.idempotent if idempotent is None else idempotent
                 proposed = {
                     "plugin": str(plugin_ref),
                     "config": new_config,
                     "max_attempts": new_attempts,
                     "timeout": new_timeout,
                     "isolation": new_isolation,
+                    "idempotent": new_idempotent,
                 }
                 if proposed == before.snapshot():
                     return TargetChange(before, before, changed=False)
@@ -199,6 +207,7 @@ class Registry:
                 row.max_attempts = new_attempts
                 row.timeout = new_timeout
                 row.isolation = new_isolation
+                row.idempotent = new_idempotent
                 row.revision += 1
                 row.updated_at = now
             s.add(row)

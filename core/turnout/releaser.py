@@ -29,6 +29,18 @@ class Releaser(Protocol):
 
     def validate_config(self, config: Mapping[str, Any], *, timeout: float) -> None: ...
 
+    def probe(
+        self,
+        *,
+        artifact: str,
+        target: str,
+        config: Mapping[str, Any],
+        idempotency_key: str,
+        timeout: float,
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """``(implemented, result)``: whether the plugin has a probe, and what it answered."""
+        ...
+
     def release(
         self,
         *,
@@ -66,6 +78,23 @@ class PluggyReleaser:
     def validate_config(self, config: Mapping[str, Any], *, timeout: float = 0) -> None:
         """Run the plugin's ``turnout_validate_config``; raises ``ValueError`` on a bad config."""
         self.manager.hook.turnout_validate_config(config=config)
+
+    def probe(
+        self,
+        *,
+        artifact: str,
+        target: str,
+        config: Mapping[str, Any],
+        idempotency_key: str,
+        timeout: float = 0,
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Ask ``turnout_probe``, if implemented, whether the key's release happened."""
+        if not self.has_probe:
+            return False, None
+        answer = self.manager.hook.turnout_probe(
+            artifact=artifact, target=target, config=config, idempotency_key=idempotency_key
+        )
+        return True, None if answer is None else check_result(answer)
 
     def release(
         self,

@@ -8,14 +8,17 @@ path of every release.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import secrets
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -29,8 +32,10 @@ from turnout.errors import (
     EXIT_TEMPFAIL,
     InvalidKeyError,
     KeyMismatchError,
+    LeaseLostError,
     ReleaseFailedError,
     ReleaseInProgressError,
+    ReleaseUnknownError,
     TransientReleaseError,
     UsageError,
 )
@@ -38,19 +43,58 @@ from turnout.models import Release, utcnow
 from turnout.refs import PluginRef
 
 TABLE: sa.Table = Release.__table__  # type: ignore[attr-defined]
+log = logging.getLogger("turnout.releases")
 
+DEFAULT_LEASE = 60.0
+"""Seconds a claim stays valid without a heartbeat; renewed every third of that while running."""
 MAX_KEY_LENGTH = 200
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=#~-]*$")
 _CONTEXT_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 
 class Status(StrEnum):
-    """Where a release is in its life."""
+    """Where a release is in its life; :data:`TRANSITIONS` says where it may go next."""
 
+    CLAIMED = "claimed"
+    """Taken over by a caller that is finding out what happened (probe, re-invoke, or not)."""
     RUNNING = "running"
+    """An attempt is under way; the holder renews its lease while it runs."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    UNKNOWN = "unknown"
+    """Its runner died mid-call and nothing could tell whether it deployed: a human decides."""
+    RECONCILED = "reconciled"
+    """Its runner died mid-call, and the plugin's probe (or a human) said it had deployed."""
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def active(self) -> bool:
+        """Held under a lease: whoever holds it may still be working."""
+        return self in (Status.CLAIMED, Status.RUNNING)
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.RECONCILED})
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.CLAIMED: frozenset({Status.RUNNING, Status.RECONCILED, Status.UNKNOWN, Status.CLAIMED}),
+    Status.RUNNING: frozenset(
+        {Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CLAIMED}
+    ),
+    Status.UNKNOWN: frozenset({Status.CLAIMED, Status.RECONCILED, Status.FAILED}),
+    **{status: frozenset() for status in TERMINAL},
+}
+"""Every legal move of a release, the only place they are defined. A new release is inserted
+as RUNNING (its claim starts its first attempt). CLAIMED -> CLAIMED and RUNNING -> CLAIMED are
+takeovers of an expired lease; UNKNOWN -> RECONCILED/FAILED is a human's verdict."""
+
+
+def sources_of(target: Status) -> frozenset[Status]:
+    """The states from which a release may move to ``target``."""
+    return frozenset(source for source, targets in TRANSITIONS.items() if target in targets)
 
 
 def validate_key(key: str) -> str:
@@ -138,15 +182,16 @@ class ReleaseRecord:
     output: str | None
     started_at: datetime
     finished_at: datetime | None
+    replay_of: str | None = None
     reused: bool = False
     """True when this call found the key already released and ran nothing."""
 
     @property
     def exit_code(self) -> int:
-        """The CLI exit code for this outcome: 0 success, 75 transient, 1 permanent failure."""
-        if self.status is Status.SUCCEEDED:
+        """The CLI exit code: 0 deployed, 75 transient or undecided, 1 permanent failure."""
+        if self.status in (Status.SUCCEEDED, Status.RECONCILED):
             return EXIT_OK
-        if self.status is Status.RUNNING or self.retryable:
+        if self.status.active or self.status is Status.UNKNOWN or self.retryable:
             return EXIT_TEMPFAIL
         return EXIT_FAILED
 
@@ -158,11 +203,13 @@ class ReleaseRecord:
         return (self.finished_at - self.started_at).total_seconds()
 
     def raise_for_status(self) -> ReleaseRecord:
-        """Return self if it succeeded; raise the matching failure otherwise."""
-        if self.status is Status.SUCCEEDED:
+        """Return self if it deployed; raise the matching error otherwise."""
+        if self.status in (Status.SUCCEEDED, Status.RECONCILED):
             return self
-        if self.status is Status.RUNNING:
+        if self.status.active:
             raise ReleaseInProgressError(self.target, self.idempotency_key, self.id)
+        if self.status is Status.UNKNOWN:
+            raise ReleaseUnknownError(self)
         if self.retryable:
             raise TransientReleaseError(self)
         raise ReleaseFailedError(self)
@@ -177,7 +224,7 @@ class ReleaseRecord:
         return data
 
     @classmethod
-    def from_row(cls, row: RowMapping, *, reused: bool = False) -> ReleaseRecord:
+    def from_row(cls, row: Mapping[Any, Any], *, reused: bool = False) -> ReleaseRecord:
         return cls(
             id=row["id"],
             target=row["target"],
@@ -195,15 +242,59 @@ class ReleaseRecord:
             output=row["output"],
             started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
             finished_at=_aware(row["finished_at"]),
+            replay_of=row["replay_of"],
             reused=reused,
         )
 
 
-class Ledger:
-    """Release rows in one registry database."""
+@dataclass(slots=True)
+class Claim:
+    """This caller's hold on a release: the row's id and the fencing token of its writes."""
 
-    def __init__(self, engine: Engine) -> None:
+    id: str
+    token: str
+    values: dict[str, Any]
+    """The row as this caller last wrote it (to build the record without reading it back)."""
+    takeover: bool = False
+    """True when the release was claimed before by a runner whose lease expired."""
+    previous: Status | None = None
+    """The status it had before a takeover: running, claimed or unknown."""
+
+    @property
+    def attempts(self) -> int:
+        count: int = self.values["attempts"]
+        return count
+
+
+class Ledger:
+    """Release rows in one registry database.
+
+    Every write after the claim is fenced: it names the claim's token, and it moves the row
+    only along :data:`TRANSITIONS`. A caller whose lease expired and whose release was taken
+    over finds its writes refused (:class:`~turnout.errors.LeaseLostError`).
+
+    Args:
+        engine: The registry's engine.
+        lease: Seconds a claim stays valid without a heartbeat.
+        clock: Now, as an aware UTC datetime (tests inject one).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease: float = DEFAULT_LEASE,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.engine = engine
+        self.lease = timedelta(seconds=lease)
+        self.clock = clock
+        self._heart = _Heartbeat(self)
+        self._insert = TABLE.insert()
+        self._by_id = TABLE.select().where(TABLE.c.id == sa.bindparam("rid"))
+        self._by_target_key = TABLE.select().where(
+            TABLE.c.target == sa.bindparam("t"), TABLE.c.idempotency_key == sa.bindparam("k")
+        )
 
     def claim(
         self,
@@ -214,20 +305,23 @@ class Ledger:
         plugin_ref: PluginRef,
         artifact: str,
         context: dict[str, str],
-    ) -> tuple[str, ReleaseRecord | None]:
-        """Insert the release row for (target, key), committed before the plugin runs.
+        replay_of: str | None = None,
+    ) -> Claim | ReleaseRecord:
+        """Insert the release row for (target, key), committed before any plugin code runs.
 
         Returns:
-            ``(release_id, None)`` when this call won the claim and must run the release, or
-            ``(release_id, record)`` with the earlier, finished release of the same request.
+            A :class:`Claim` when this caller must act: a new release (its first attempt
+            starts now), or a takeover of one whose runner's lease expired or that is
+            ``unknown``. A finished :class:`ReleaseRecord` (``reused``) when the same request
+            already ended: nothing is to run.
 
         Raises:
             KeyMismatchError: The key was used for a different request.
-            ReleaseInProgressError: The key's release is still running elsewhere.
+            ReleaseInProgressError: The key's release is held under a live lease.
         """
-        release_id = new_release_id()
-        values = {
-            "id": release_id,
+        now = self.clock()
+        values: dict[str, Any] = {
+            "id": new_release_id(),
             "target": target,
             "idempotency_key": key,
             "fingerprint": fingerprint,
@@ -236,82 +330,241 @@ class Ledger:
             "artifact": artifact,
             "context": context,
             "status": Status.RUNNING.value,
-            "attempts": 0,
-            "started_at": utcnow(),
+            "attempts": 1,
+            "token": secrets.token_hex(8),
+            "lease_expires_at": now + self.lease,
+            "replay_of": replay_of,
+            "started_at": now,
         }
         with _db.translate_errors(self.engine.url):
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(TABLE.insert().values(values))
-                return release_id, None
+                    conn.execute(self._insert, values)
+                return Claim(values["id"], values["token"], values)
             except sa.exc.IntegrityError:
                 pass
-        existing = self._by_key(target, key)
+        existing = self._row(target=target, key=key)
         if existing is None:  # pragma: no cover - a unique violation means the row exists
             raise RuntimeError(f"claim on {target}/{key} conflicted but no row was found")
         if existing["fingerprint"] != fingerprint:
             differs = _differences(existing, plugin_ref, artifact, context)
             raise KeyMismatchError(target, key, existing["id"], differs)
-        record = ReleaseRecord.from_row(existing, reused=True)
-        if record.status is Status.RUNNING:
-            raise ReleaseInProgressError(target, key, record.id)
-        return record.id, record
+        return self._take_over(existing, now)
 
-    def finish(
-        self,
-        release_id: str,
-        *,
-        status: Status,
-        attempts: int,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-        error_type: str | None = None,
-        retryable: bool | None = None,
-        output: str | None = None,
-    ) -> None:
-        """Record the outcome of a release this process claimed."""
-        values = {
-            "status": status.value,
-            "attempts": attempts,
-            "result": result,
-            "error": error,
-            "error_type": error_type,
-            "retryable": retryable,
-            "output": output,
-            "finished_at": utcnow(),
+    def _take_over(self, row: RowMapping, now: datetime) -> Claim | ReleaseRecord:
+        status = Status(row["status"])
+        if status.terminal:
+            return ReleaseRecord.from_row(row, reused=True)
+        expires = _aware(row["lease_expires_at"])
+        if status.active and expires is not None and expires > now:
+            raise ReleaseInProgressError(row["target"], row["idempotency_key"], row["id"])
+        token = secrets.token_hex(8)
+        changes = {
+            "status": Status.CLAIMED.value,
+            "token": token,
+            "lease_expires_at": now + self.lease,
         }
         statement = (
             TABLE.update()
-            .where(TABLE.c.id == release_id, TABLE.c.status == Status.RUNNING.value)
+            .where(TABLE.c.id == row["id"], TABLE.c.status == status.value)
+            .where(_same_token(row["token"]))
+            .values(changes)
+        )
+        with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
+            taken = conn.execute(statement).rowcount == 1
+        if not taken:  # another caller took it over first
+            raise ReleaseInProgressError(row["target"], row["idempotency_key"], row["id"])
+        return Claim(row["id"], token, {**row, **changes}, takeover=True, previous=status)
+
+    def move(self, claim: Claim, to: Status, **values: Any) -> ReleaseRecord:
+        """Move a claimed release to ``to`` with ``values``, fenced by the claim's token.
+
+        Raises:
+            LeaseLostError: The claim's lease expired and another caller took the release over
+                (or it already moved on): nothing was written.
+        """
+        if to.terminal or to is Status.UNKNOWN:
+            values.setdefault("finished_at", self.clock())
+        values["status"] = to.value
+        if to.active:
+            values["lease_expires_at"] = self.clock() + self.lease
+        statement = (
+            TABLE.update()
+            .where(
+                TABLE.c.id == claim.id,
+                TABLE.c.token == claim.token,
+                TABLE.c.status.in_([s.value for s in sources_of(to)]),
+            )
             .values(values)
         )
         with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
-            conn.execute(statement)
+            moved = conn.execute(statement).rowcount == 1
+        if not moved:
+            raise LeaseLostError(claim.id, to.value)
+        claim.values.update(values)
+        return ReleaseRecord.from_row(_as_row(claim.values))
+
+    @contextlib.contextmanager
+    def hold(self, claim: Claim) -> Iterator[Claim]:
+        """Keep ``claim``'s lease alive (a heartbeat every third of the lease) while inside."""
+        self._heart.add(claim)
+        try:
+            yield claim
+        finally:
+            self._heart.discard(claim)
+
+    def close(self) -> None:
+        """Stop the heartbeat thread, if it runs."""
+        self._heart.stop()
+
+    def heartbeat(self, claims: list[Claim]) -> list[Claim]:
+        """Extend the leases of active claims; return those whose lease was lost."""
+        lost = []
+        expires = self.clock() + self.lease
+        with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
+            for claim in claims:
+                statement = (
+                    TABLE.update()
+                    .where(TABLE.c.id == claim.id, TABLE.c.token == claim.token)
+                    .where(TABLE.c.status.in_([Status.CLAIMED.value, Status.RUNNING.value]))
+                    .values(lease_expires_at=expires)
+                )
+                if conn.execute(statement).rowcount != 1:
+                    lost.append(claim)
+        return lost
 
     def get(self, release_id: str) -> ReleaseRecord | None:
         """The release with this id, if any."""
-        with _db.reader(self.engine) as conn:
-            row = conn.execute(TABLE.select().where(TABLE.c.id == release_id)).mappings().first()
+        row = self._row(release_id=release_id)
         return None if row is None else ReleaseRecord.from_row(row)
 
-    def recent(self, *, target: str | None = None, limit: int = 20) -> list[ReleaseRecord]:
-        """The newest releases first, optionally for one target."""
-        query = TABLE.select().order_by(TABLE.c.started_at.desc(), TABLE.c.id.desc()).limit(limit)
+    def find(self, target: str, key: str) -> ReleaseRecord | None:
+        """The release claimed for (target, key), if any, marked as reused."""
+        row = self._row(target=target, key=key)
+        return None if row is None else ReleaseRecord.from_row(row, reused=True)
+
+    def recent(
+        self,
+        *,
+        target: str | None = None,
+        since: datetime | None = None,
+        statuses: Sequence[Status] | None = None,
+        originals_only: bool = False,
+        limit: int | None = 20,
+        oldest_first: bool = False,
+    ) -> list[ReleaseRecord]:
+        """Releases, newest first (or oldest first), filtered as asked."""
+        order = (TABLE.c.started_at, TABLE.c.id)
+        query = TABLE.select().order_by(*(order if oldest_first else (c.desc() for c in order)))
+        if target is not None:
+            query = query.where(TABLE.c.target == target)
+        if since is not None:
+            query = query.where(TABLE.c.started_at >= since)
+        if statuses is not None:
+            query = query.where(TABLE.c.status.in_([s.value for s in statuses]))
+        if originals_only:
+            query = query.where(TABLE.c.replay_of.is_(None))
+        if limit is not None:
+            query = query.limit(limit)
+        with _db.reader(self.engine) as conn:
+            rows = conn.execute(query).mappings().all()
+        return [ReleaseRecord.from_row(row) for row in rows]
+
+    def abandoned(self, *, target: str | None = None) -> list[ReleaseRecord]:
+        """Releases whose runner's lease expired mid-flight, and those left ``unknown``."""
+        now = self.clock()
+        held = sa.and_(
+            TABLE.c.status.in_([Status.CLAIMED.value, Status.RUNNING.value]),
+            TABLE.c.lease_expires_at < now,
+        )
+        query = (
+            TABLE.select()
+            .where(sa.or_(held, TABLE.c.status == Status.UNKNOWN.value))
+            .order_by(TABLE.c.started_at)
+        )
         if target is not None:
             query = query.where(TABLE.c.target == target)
         with _db.reader(self.engine) as conn:
             rows = conn.execute(query).mappings().all()
         return [ReleaseRecord.from_row(row) for row in rows]
 
-    def find(self, target: str, key: str) -> ReleaseRecord | None:
-        """The release claimed for (target, key), if any, marked as reused."""
-        row = self._by_key(target, key)
-        return None if row is None else ReleaseRecord.from_row(row, reused=True)
-
-    def _by_key(self, target: str, key: str) -> RowMapping | None:
-        query = TABLE.select().where(TABLE.c.target == target, TABLE.c.idempotency_key == key)
+    def _row(
+        self, *, release_id: str | None = None, target: str | None = None, key: str | None = None
+    ) -> RowMapping | None:
+        params: dict[str, Any]
+        if release_id is not None:
+            statement, params = self._by_id, {"rid": release_id}
+        else:
+            statement, params = self._by_target_key, {"t": target, "k": key}
         with _db.reader(self.engine) as conn:
-            return conn.execute(query).mappings().first()
+            return conn.execute(statement, params).mappings().first()
+
+
+class _Heartbeat:
+    """One thread per ledger that renews the leases of the claims held in this process.
+
+    A release shorter than a third of the lease never costs a heartbeat write.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._claims: dict[str, Claim] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, claim: Claim) -> None:
+        with self._lock:
+            self._claims[claim.id] = claim
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="turnout-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, claim: Claim) -> None:
+        with self._lock:
+            self._claims.pop(claim.id, None)
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = self._ledger.lease.total_seconds() / 3
+        while not self._stop.wait(interval):
+            with self._lock:
+                claims = list(self._claims.values())
+            if not claims:
+                continue
+            try:
+                for lost in self._ledger.heartbeat(claims):
+                    log.warning("release %s: lease lost to another runner", lost.id)
+            except Exception:  # the next beat tries again; meanwhile the lease may lapse
+                log.exception("heartbeat failed")
+
+
+def _same_token(token: str | None) -> Any:
+    return TABLE.c.token.is_(None) if token is None else TABLE.c.token == token
+
+
+_ROW_DEFAULTS = {
+    "result": None,
+    "error": None,
+    "error_type": None,
+    "retryable": None,
+    "output": None,
+    "finished_at": None,
+    "replay_of": None,
+}
+
+
+def _as_row(values: dict[str, Any]) -> dict[str, Any]:
+    return {**_ROW_DEFAULTS, **values}
 
 
 def _differences(

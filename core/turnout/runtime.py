@@ -28,6 +28,7 @@ from turnout._serve import MalformedResultError, qualified_name
 from turnout.errors import (
     ConfigRejectedError,
     ConfigurationError,
+    LeaseLostError,
     PluginInstallError,
     PluginNotInstalledError,
     UnknownTargetError,
@@ -47,6 +48,8 @@ from turnout.registry import (
 )
 from turnout.releaser import Releaser
 from turnout.releases import (
+    DEFAULT_LEASE,
+    Claim,
     Ledger,
     ReleaseRecord,
     Status,
@@ -60,6 +63,7 @@ from turnout.worker import WorkerError, WorkerReleaser, WorkerSpec
 log = logging.getLogger("turnout")
 
 ACTOR_ENV = "TURNOUT_ACTOR"
+LEASE_ENV = "TURNOUT_LEASE_SECONDS"
 OUTPUT_LIMIT = 64 << 10
 
 
@@ -92,6 +96,8 @@ class Turnout:
         home: The plugin store's folder; defaults to ``TURNOUT_HOME``, then the platform's user
             data folder.
         sleep: How to wait between attempts (tests inject a fake).
+        lease: Seconds a claim stays valid without a heartbeat; default
+            ``TURNOUT_LEASE_SECONDS``, else 60.
     """
 
     def __init__(
@@ -100,9 +106,12 @@ class Turnout:
         *,
         home: str | os.PathLike[str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        lease: float | None = None,
     ) -> None:
+        if lease is None:
+            lease = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE)
         self.registry = Registry(db)
-        self.ledger = Ledger(self.registry.engine)
+        self.ledger = Ledger(self.registry.engine, lease=lease)
         self.store = Store(home)
         self._sleep = sleep
         self._releasers: dict[tuple[PluginRef, str], Releaser] = {}
@@ -116,6 +125,7 @@ class Turnout:
         for releaser in releasers:
             if isinstance(releaser, WorkerReleaser):
                 releaser.close()
+        self.ledger.close()
         self.registry.close()
 
     def __enter__(self) -> Turnout:
@@ -133,6 +143,7 @@ class Turnout:
         *,
         key: str,
         context: Mapping[str, str] | None = None,
+        replay_of: str | None = None,
     ) -> ReleaseRecord:
         """Release ``artifact`` to ``target`` exactly once for ``key``.
 
@@ -145,6 +156,9 @@ class Turnout:
                 failed transiently on every attempt, or timed out); the failure is recorded.
             KeyMismatchError: ``key`` was used before for a different request; nothing ran.
             ReleaseInProgressError: ``key``'s release is running elsewhere; nothing ran.
+            ReleaseUnknownError: An earlier runner died mid-call and nothing can tell whether
+                it deployed; a human must check (the message says what).
+            LeaseLostError: This call's lease expired and another runner took over.
             ConfigurationError: Unknown target, plugin version not installed or not loadable,
                 config rejected; nothing ran and nothing was recorded.
             UsageError: A malformed key or context.
@@ -165,25 +179,24 @@ class Turnout:
         except ConfigurationError:
             # A key that was already released still answers with its outcome.
             earlier = self.ledger.find(spec.name, key)
-            if earlier is None or earlier.status is Status.RUNNING or earlier.fingerprint != print_:
+            if earlier is None or not earlier.status.terminal or earlier.fingerprint != print_:
                 raise
             return earlier.raise_for_status()
-        release_id, earlier = self.ledger.claim(
+        outcome = self.ledger.claim(
             target=spec.name,
             key=key,
             fingerprint=print_,
             plugin_ref=spec.plugin_ref,
             artifact=artifact,
             context=ctx,
+            replay_of=replay_of,
         )
-        if earlier is not None:
-            log.info("release %s: key %r already released; nothing ran", release_id, key)
-            return earlier.raise_for_status()
-        _Attempts(self, release_id, spec, releaser, secrets).run(
-            artifact=artifact, config=config, context=ctx, key=key
-        )
-        record = self.ledger.get(release_id)
-        assert record is not None  # noqa: S101 - claimed above
+        if isinstance(outcome, ReleaseRecord):
+            log.info("release %s: key %r already released; nothing ran", outcome.id, key)
+            return outcome.raise_for_status()
+        run = _Attempts(self, outcome, spec, releaser, secrets, artifact, config, ctx, key)
+        with self.ledger.hold(outcome):
+            record = run.reconcile() if outcome.takeover else run.run()
         return record.raise_for_status()
 
     def _releaser(self, ref: PluginRef, isolation: str) -> Releaser:
@@ -292,6 +305,7 @@ class Turnout:
         max_attempts: int | None = None,
         timeout: float | None = None,
         isolation: str | None = None,
+        idempotent: bool | None = None,
         actor: str | None = None,
         reason: str = "",
     ) -> TargetChange:
@@ -333,6 +347,7 @@ class Turnout:
             max_attempts=max_attempts,
             timeout=timeout,
             isolation=isolation,
+            idempotent=idempotent,
             actor=actor or default_actor(),
             reason=reason,
         )
@@ -460,80 +475,120 @@ class Turnout:
 
 
 class _Attempts:
-    """The attempts of one claimed release, and the recording of its outcome."""
+    """What one claim of a release does: reconcile a takeover, run attempts, record the outcome."""
 
     def __init__(
         self,
         turnout: Turnout,
-        release_id: str,
+        claim: Claim,
         spec: TargetSpec,
         releaser: Releaser,
         secrets: list[str],
+        artifact: str,
+        config: dict[str, Any],
+        context: dict[str, str],
+        key: str,
     ) -> None:
         self.turnout = turnout
-        self.release_id = release_id
+        self.ledger = turnout.ledger
+        self.claim = claim
         self.spec = spec
         self.releaser = releaser
         self.secrets = secrets
-        self.count = 0
+        self.artifact = artifact
+        self.config = config
+        self.context = context
+        self.key = key
         self.outputs: list[str] = []
 
-    def run(
-        self, *, artifact: str, config: dict[str, Any], context: dict[str, str], key: str
-    ) -> None:
+    def reconcile(self) -> ReleaseRecord:
+        """A takeover: the previous runner died mid-call. Ask, re-invoke, or say "unknown".
+
+        The plugin's ``turnout_probe`` answers whether the release with this key happened;
+        without one, a target marked idempotent is called again with the same key; otherwise
+        the release is recorded ``unknown`` for a human to decide. A new key is never made up.
+        """
+        log.warning("release %s: its runner stopped mid-call; reconciling", self.claim.id)
+        try:
+            implemented, result = self.releaser.probe(
+                artifact=self.artifact,
+                target=self.spec.name,
+                config=self.config,
+                idempotency_key=self.key,
+                timeout=self.spec.timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed probe answers nothing
+            return self.ledger.move(
+                self.claim, Status.UNKNOWN, error=self._message(exc), retryable=True
+            )
+        if implemented and result is not None:
+            return self.ledger.move(self.claim, Status.RECONCILED, result=result, error=None)
+        if implemented or self.spec.idempotent:
+            return self.run(first_attempt=self.claim.attempts + 1)
+        return self.ledger.move(
+            self.claim,
+            Status.UNKNOWN,
+            error="its runner stopped mid-call; the plugin has no turnout_probe and the target "
+            "is not marked idempotent, so turnout will not call it again on its own",
+            retryable=True,
+        )
+
+    def run(self, first_attempt: int = 1) -> ReleaseRecord:
+        """The attempts, under the retry policy and the same key, then the recorded outcome."""
+        count = first_attempt - 1
+
         def attempt() -> dict[str, Any]:
-            self.count += 1
+            nonlocal count
+            count += 1
+            if count > 1 or self.claim.takeover:
+                self.ledger.move(self.claim, Status.RUNNING, attempts=count)
             try:
                 return self.releaser.release(
-                    artifact=artifact,
+                    artifact=self.artifact,
                     target=self.spec.name,
-                    config=config,
-                    context=context,
-                    idempotency_key=key,
-                    attempt=self.count,
+                    config=self.config,
+                    context=self.context,
+                    idempotency_key=self.key,
+                    attempt=count,
                     timeout=self.spec.timeout,
                 )
             finally:
                 if self.releaser.output:
-                    self.outputs.append(f"--- attempt {self.count} ---\n{self.releaser.output}")
+                    self.outputs.append(f"--- attempt {count} ---\n{self.releaser.output}")
 
         policy = retries.release_policy(
             max_attempts=self.spec.max_attempts,
             deadline=self.spec.timeout * self.spec.max_attempts,
             sleep=self.turnout._sleep,
         )
-        ledger = self.turnout.ledger
         try:
             result = policy(attempt)
+        except LeaseLostError:
+            raise  # another runner owns the release now; this one records nothing
         except BaseException as exc:
-            message = _secrets.redact(f"{type(exc).__name__}: {exc}", self.secrets)
-            if isinstance(exc, WorkerError):
-                message = _secrets.redact(str(exc), self.secrets)
-            ledger.finish(
-                self.release_id,
-                status=Status.TIMED_OUT if isinstance(exc, WorkerTimeoutError) else Status.FAILED,
-                attempts=self.count,
-                error=message,
+            record = self.ledger.move(
+                self.claim,
+                Status.TIMED_OUT if isinstance(exc, WorkerTimeoutError) else Status.FAILED,
+                error=self._message(exc),
                 error_type=exc.type_name
                 if isinstance(exc, WorkerError)
                 else qualified_name(type(exc)),
                 retryable=retries.is_transient(exc) and not isinstance(exc, MalformedResultError),
                 output=self._output(),
             )
-            log.warning(
-                "release %s failed after %d attempt(s): %s", self.release_id, self.count, message
-            )
+            log.warning("release %s failed after %d attempt(s): %s", record.id, count, record.error)
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: recorded, then honoured
-            return
-        ledger.finish(
-            self.release_id,
-            status=Status.SUCCEEDED,
-            attempts=self.count,
-            result=result,
-            output=self._output(),
+            return record
+        record = self.ledger.move(
+            self.claim, Status.SUCCEEDED, result=result, error=None, output=self._output()
         )
-        log.info("release %s succeeded after %d attempt(s)", self.release_id, self.count)
+        log.info("release %s succeeded after %d attempt(s)", record.id, count)
+        return record
+
+    def _message(self, exc: BaseException) -> str:
+        text = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+        return _secrets.redact(text, self.secrets)
 
     def _output(self) -> str | None:
         if not self.outputs:

@@ -403,6 +403,24 @@ class WorkerReleaser:
                 raise ValueError(str(exc).removeprefix("ValueError: ")) from None
             raise ConfigRejectedError(self.spec.ref, str(exc)) from None
 
+    def probe(
+        self,
+        *,
+        artifact: str,
+        target: str,
+        config: Mapping[str, Any],
+        idempotency_key: str,
+        timeout: float,
+    ) -> tuple[bool, dict[str, Any] | None]:
+        args = {
+            "artifact": artifact,
+            "target": target,
+            "config": dict(config),
+            "idempotency_key": idempotency_key,
+        }
+        answer = self._call("probe", args, timeout)
+        return bool(answer["implemented"]), answer["result"]
+
     def release(
         self,
         *,
