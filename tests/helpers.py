@@ -109,6 +109,7 @@ FIXTURE_PLUGINS = [
     ("turnout-hookless", "0.1.0", "hookless.py", "hookless"),
     ("turnout-typo", "0.1.0", "typo.py", "typo"),
     ("turnout-badresult", "0.1.0", "badresult.py", "badresult"),
+    ("turnout-plain", "0.1.0", "plain.py", "plain"),
 ]
 
 

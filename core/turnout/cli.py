@@ -13,13 +13,21 @@ import logging
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from turnout import __version__
-from turnout.errors import EXIT_USAGE, ConfigurationError, TurnoutError, UsageError
+from turnout.errors import (
+    EXIT_FAILED,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    ConfigurationError,
+    TurnoutError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from turnout.registry import TargetSpec
@@ -33,7 +41,8 @@ Exit codes:
   2   usage error: bad option, malformed ref, key or context
   65  the idempotency key was used for a different request; nothing ran
   75  temporary failure: failed transiently after retries, still in progress
-      elsewhere, or the database is unreachable; retry later with the same key
+      elsewhere, unknown (a runner died mid-call; see turnout reconcile), or the
+      database is unreachable; retry later with the same key
   78  configuration error: unknown target, plugin version not installed or not
       loadable, config rejected, database not migrated
 """
@@ -572,6 +581,8 @@ def _print_release(record: ReleaseRecord, as_json: bool) -> None:
         rows.append(("result", json.dumps(record.result, sort_keys=True)))
     if record.error:
         rows.append(("error", record.error))
+    if record.replay_of:
+        rows.append(("replay of", record.replay_of))
     _print_table(None, ["field", "value"], rows)
 
 
@@ -672,6 +683,233 @@ def releases_show(ctx: click.Context, release_id: str, as_json: bool) -> None:
         ctx.exit(EXIT_USAGE)
     assert record is not None  # noqa: S101 - ctx.exit does not return
     _print_release(record, as_json)
+
+
+# reconcile and replay ------------------------------------------------------------------------
+
+
+def _duration(text: str) -> timedelta:
+    """``90s``, ``20m``, ``1h``, ``2d`` (or a bare number of minutes) as a timedelta."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "m")
+    try:
+        amount = float(value)
+    except ValueError:
+        raise UsageError(
+            f"--since expects a duration such as 20m, 1h or 90s, got {text!r}"
+        ) from None
+    if amount <= 0:
+        raise UsageError("--since must be positive")
+    return timedelta(**{units[unit]: amount})
+
+
+def _outcome_row(record: ReleaseRecord | None, error: Exception | None) -> tuple[str, str, str]:
+    if record is not None:
+        verdict = "ran nothing (key already released)" if record.reused else record.status.value
+        return record.id, record.status.value, verdict if error is None else str(error)
+    return "", "error", str(error)
+
+
+@cli.command("reconcile")
+@click.argument("release_id", required=False)
+@click.option(
+    "--as",
+    "verdict",
+    type=click.Choice(["succeeded", "failed"]),
+    help="With RELEASE_ID: a human's verdict on an unknown release (did it deploy?).",
+)
+@click.option("--target", "target_name", help="Only releases to this target.")
+@click.option("--reason", default="", help="Why (kept with a verdict).")
+@click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+@json_option
+@click.pass_context
+def reconcile_command(
+    ctx: click.Context,
+    release_id: str | None,
+    verdict: str | None,
+    target_name: str | None,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Settle releases whose runner died mid-call, with the plugin's probe where it has one.
+
+    Without RELEASE_ID: every release whose lease expired while running, and every unknown
+    one, is taken over with its own key: the plugin's turnout_probe says whether it deployed;
+    without a probe an idempotent target is called again with the same key; otherwise it stays
+    unknown. With RELEASE_ID --as succeeded|failed: record what a human found. Exits 75 while
+    any release stays unknown.
+    """
+    handle = _handle(ctx)
+    if release_id is not None:
+        if verdict is None:
+            raise UsageError("with a RELEASE_ID, say what happened: --as succeeded or --as failed")
+        record = handle.settle(release_id, verdict, actor=actor, reason=reason)
+        if as_json:
+            _print_json(record.to_dict())
+        else:
+            _say(f"release {record.id} is now {record.status.value}")
+        return
+    if verdict is not None:
+        raise UsageError("--as needs a RELEASE_ID")
+    handle.registry.ensure_schema()
+    results = handle.reconcile(target=target_name)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "release": r.original.id,
+                    "target": r.original.target,
+                    "was": r.original.status.value,
+                    "now": r.record.status.value if r.record else None,
+                    "error": str(r.error) if r.error else None,
+                }
+                for r in results
+            ]
+        )
+    elif not results:
+        _say("nothing to reconcile: no release has an expired lease or is unknown")
+    else:
+        _print_table(
+            "reconciled",
+            ["release", "target", "was", "now", "note"],
+            [
+                (
+                    r.original.id,
+                    r.original.target,
+                    r.original.status.value,
+                    *_outcome_row(r.record, r.error)[1:],
+                )
+                for r in results
+            ],
+        )
+    if any(r.record is None or r.record.status.value == "unknown" for r in results):
+        ctx.exit(EXIT_TEMPFAIL)
+
+
+@cli.command("replay")
+@click.option(
+    "--since", "since", required=True, metavar="DURATION", help="The window: 20m, 1h, 90s, 2d."
+)
+@click.option("--target", "target_name", help="Only releases to this target.")
+@click.option(
+    "--status",
+    "statuses",
+    default="failed,timed_out,unknown",
+    show_default=True,
+    help="Statuses to replay, comma-separated; 'all' includes succeeded ones.",
+)
+@click.option("--customer", help="Only releases whose context has this customer.")
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would be replayed, with which version; run nothing."
+)
+@json_option
+@click.pass_context
+def replay_command(
+    ctx: click.Context,
+    since: str,
+    target_name: str | None,
+    statuses: str,
+    customer: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Release the last minutes' releases again, under the mapping in force now.
+
+    Each replay is a new release linked to its original, with a key derived from the original
+    and the target's revision: replaying the same window twice runs each release once. Exits 1
+    if a replay failed permanently, 75 if one failed transiently, else 0.
+    """
+    from turnout.releases import Status
+
+    if statuses == "all":
+        chosen = tuple(Status)
+    else:
+        try:
+            chosen = tuple(Status(s.strip()) for s in statuses.split(",") if s.strip())
+        except ValueError as exc:
+            raise UsageError(
+                f"--status: {exc}; use {', '.join(s.value for s in Status)} or all"
+            ) from None
+    handle = _handle(ctx)
+    originals = handle.replay_candidates(
+        since=_duration(since), target=target_name, statuses=chosen, customer=customer
+    )
+    if not originals:
+        _say("nothing to replay in that window")
+        if as_json:
+            _print_json([])
+        return
+    with _progress(len(originals), "replaying" if not dry_run else "planning") as advance:
+        replays = handle.replay(originals, dry_run=dry_run, progress=lambda _item: advance())
+    rows = [
+        {
+            "original": r.original.id,
+            "target": r.original.target,
+            "was": f"{r.original.plugin_ref} {r.original.status.value}",
+            "key": r.key,
+            "plugin": r.plugin_ref,
+            "release": r.record.id if r.record else None,
+            "status": None if dry_run else (r.record.status.value if r.record else "error"),
+            "reused": bool(r.record and r.record.reused),
+            "error": str(r.error) if r.error else None,
+        }
+        for r in replays
+    ]
+    if as_json:
+        _print_json(rows)
+    else:
+        _print_table(
+            "replay (dry run)" if dry_run else "replay",
+            ["original", "target", "was", "now with", "release", "status"],
+            [
+                (
+                    r["original"],
+                    r["target"],
+                    r["was"],
+                    r["plugin"] or "",
+                    r["release"] or "",
+                    _replay_note(r, dry_run),
+                )
+                for r in rows
+            ],
+        )
+    codes = [r.record.exit_code if r.record else getattr(r.error, "exit_code", 1) for r in replays]
+    if not dry_run and any(code not in (0,) for code in codes):
+        ctx.exit(EXIT_FAILED if EXIT_FAILED in codes else EXIT_TEMPFAIL)
+
+
+def _replay_note(row: dict[str, Any], dry_run: bool) -> str:
+    if dry_run:
+        return "would run"
+    note = "ran nothing (done before)" if row["reused"] else str(row["status"])
+    return f"{note}: {row['error']}" if row["error"] else note
+
+
+@contextlib.contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr when it is a terminal; a count line at the end otherwise."""
+    if not sys.stderr.isatty():
+        done = 0
+
+        def count() -> None:
+            nonlocal done
+            done += 1
+
+        yield count
+        _say(f"{label}: {done}/{total}")
+        return
+    from rich.progress import Progress
+
+    with Progress(console=_stderr_console(), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def main(argv: Sequence[str] | None = None) -> Callable[..., Any] | None:

@@ -404,6 +404,38 @@ class Ledger:
         claim.values.update(values)
         return ReleaseRecord.from_row(_as_row(claim.values))
 
+    def settle(self, release_id: str, verdict: Status, *, actor: str, reason: str) -> ReleaseRecord:
+        """A human's verdict on an ``unknown`` release: it deployed (reconciled) or it did not.
+
+        Raises:
+            UsageError: No such release, it is not ``unknown``, or the verdict is not one of
+                ``reconciled`` / ``failed``.
+        """
+        if verdict not in (Status.RECONCILED, Status.FAILED):
+            raise UsageError("a verdict is 'succeeded' (it deployed) or 'failed' (it did not)")
+        note = f"settled by {actor}" + (f": {reason}" if reason else "")
+        values: dict[str, Any] = {"status": verdict.value, "finished_at": self.clock()}
+        if verdict is Status.RECONCILED:
+            values |= {"result": {"settled_by": actor, "reason": reason}, "error": None}
+        else:
+            values |= {"error": f"did not deploy ({note})", "retryable": False}
+        statement = (
+            TABLE.update()
+            .where(TABLE.c.id == release_id, TABLE.c.status == Status.UNKNOWN.value)
+            .values(values)
+        )
+        with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
+            settled = conn.execute(statement).rowcount == 1
+        record = self.get(release_id)
+        if record is None:
+            raise UsageError(f"no release {release_id!r}; list them with: turnout releases")
+        if not settled:
+            raise UsageError(
+                f"release {release_id} is {record.status.value}, not unknown; only an unknown "
+                "release takes a verdict"
+            )
+        return record
+
     @contextlib.contextmanager
     def hold(self, claim: Claim) -> Iterator[Claim]:
         """Keep ``claim``'s lease alive (a heartbeat every third of the lease) while inside."""

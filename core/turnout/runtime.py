@@ -14,8 +14,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -31,6 +32,7 @@ from turnout.errors import (
     LeaseLostError,
     PluginInstallError,
     PluginNotInstalledError,
+    TurnoutError,
     UnknownTargetError,
     UsageError,
     WorkerTimeoutError,
@@ -62,6 +64,7 @@ from turnout.worker import WorkerError, WorkerReleaser, WorkerSpec
 
 log = logging.getLogger("turnout")
 
+REPLAY_STATUSES = (Status.FAILED, Status.TIMED_OUT, Status.UNKNOWN)
 ACTOR_ENV = "TURNOUT_ACTOR"
 LEASE_ENV = "TURNOUT_LEASE_SECONDS"
 OUTPUT_LIMIT = 64 << 10
@@ -294,6 +297,98 @@ class Turnout:
         except ValueError as exc:
             raise ConfigRejectedError(str(spec.plugin_ref), str(exc), spec.name) from exc
 
+    # Reconciling and replaying -------------------------------------------------------------
+
+    def reconcile(self, *, target: str | None = None) -> list[Reconciliation]:
+        """Settle every release whose runner died mid-call, and retry every ``unknown`` one.
+
+        Each goes through :meth:`release` with its own key and request, which takes it over
+        and asks the plugin's probe, re-invokes it (idempotent targets), or leaves it unknown.
+        """
+        results = []
+        for record in self.ledger.abandoned(target=target):
+            try:
+                after = self.release(
+                    record.target,
+                    record.artifact,
+                    key=record.idempotency_key,
+                    context=record.context,
+                )
+                results.append(Reconciliation(record, after, None))
+            except TurnoutError as exc:
+                results.append(Reconciliation(record, _record_of(exc), exc))
+        return results
+
+    def settle(
+        self, release_id: str, verdict: str, *, actor: str | None = None, reason: str = ""
+    ) -> ReleaseRecord:
+        """Record a human's verdict on an ``unknown`` release: ``succeeded`` or ``failed``."""
+        status = {"succeeded": Status.RECONCILED, "failed": Status.FAILED}.get(verdict)
+        if status is None:
+            raise UsageError("a verdict is 'succeeded' (it deployed) or 'failed' (it did not)")
+        self.registry.ensure_schema()
+        return self.ledger.settle(release_id, status, actor=actor or default_actor(), reason=reason)
+
+    def replay_candidates(
+        self,
+        *,
+        since: timedelta,
+        target: str | None = None,
+        statuses: Sequence[Status] = REPLAY_STATUSES,
+        customer: str | None = None,
+    ) -> list[ReleaseRecord]:
+        """Original releases (not replays) of the window that match, oldest first."""
+        self.registry.ensure_schema()
+        records = self.ledger.recent(
+            target=target,
+            since=self.ledger.clock() - since,
+            statuses=statuses,
+            originals_only=True,
+            limit=None,
+            oldest_first=True,
+        )
+        if customer is not None:
+            records = [r for r in records if r.context.get("customer") == customer]
+        return records
+
+    def replay(
+        self,
+        originals: Sequence[ReleaseRecord],
+        *,
+        dry_run: bool = False,
+        progress: Callable[[Replay], None] | None = None,
+    ) -> list[Replay]:
+        """Release each original again under the mapping in force now, as a new release.
+
+        The new release links to its original (``replay_of``) and its key is derived from the
+        original's id and the target's current revision: replaying one window twice runs each
+        release once, and replaying after another fix (a new revision) runs it again.
+        """
+        replays = []
+        for original in originals:
+            try:
+                spec = self.registry.get_target(original.target)
+            except UnknownTargetError as exc:
+                item = Replay(original, None, None, None, exc)
+            else:
+                key = f"replay.{original.id}.r{spec.revision}"
+                item = Replay(original, key, str(spec.plugin_ref), None, None)
+                if not dry_run:
+                    try:
+                        item.record = self.release(
+                            original.target,
+                            original.artifact,
+                            key=key,
+                            context=original.context,
+                            replay_of=original.id,
+                        )
+                    except TurnoutError as exc:
+                        item.record, item.error = _record_of(exc), exc
+            replays.append(item)
+            if progress is not None:
+                progress(item)
+        return replays
+
     # Registry edits ----------------------------------------------------------------------
 
     def set_target(
@@ -474,6 +569,31 @@ class Turnout:
         }
 
 
+@dataclass(slots=True)
+class Reconciliation:
+    """One abandoned release and what reconciling it gave."""
+
+    original: ReleaseRecord
+    record: ReleaseRecord | None
+    error: TurnoutError | None
+
+
+@dataclass(slots=True)
+class Replay:
+    """One original release, the replay's key and plugin ref, and what the replay gave."""
+
+    original: ReleaseRecord
+    key: str | None
+    plugin_ref: str | None
+    record: ReleaseRecord | None
+    error: TurnoutError | None
+
+
+def _record_of(exc: TurnoutError) -> ReleaseRecord | None:
+    record: ReleaseRecord | None = getattr(exc, "release", None)
+    return record
+
+
 class _Attempts:
     """What one claim of a release does: reconcile a takeover, run attempts, record the outcome."""
 
@@ -621,4 +741,4 @@ def release(
     return handle.release(target, artifact, key=key, context=context)
 
 
-__all__ = ["InstallOutcome", "Turnout", "default_actor", "release"]
+__all__ = ["InstallOutcome", "Reconciliation", "Replay", "Turnout", "default_actor", "release"]

@@ -1,0 +1,258 @@
+"""Never twice, never lost: takeovers after a runner died, fencing, unknown, settle, replay."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from helpers import read_calls
+
+from turnout import Status, Turnout
+from turnout.cli import cli
+from turnout.errors import (
+    LeaseLostError,
+    ReleaseFailedError,
+    ReleaseInProgressError,
+    ReleaseUnknownError,
+    UsageError,
+)
+from turnout.models import utcnow
+from turnout.releases import Claim, Ledger, fingerprint
+
+pytestmark = pytest.mark.usefixtures("plugin_site")
+
+
+@pytest.fixture
+def tt(db_path: Path) -> Any:
+    with Turnout(str(db_path), sleep=lambda _s: None) as handle:
+        yield handle
+
+
+def dead_runner_claim(tt: Turnout, target: str, artifact: str, key: str) -> Claim:
+    """Claim a key the way a runner that then died would: its lease is already over."""
+    spec = tt.registry.get_target(target)
+    past = utcnow() - timedelta(hours=1)
+    ledger = Ledger(tt.registry.engine, lease=60, clock=lambda: past)
+    claim = ledger.claim(
+        target=target,
+        key=key,
+        fingerprint=fingerprint(target, artifact, spec.plugin_ref, spec.config, {}),
+        plugin_ref=spec.plugin_ref,
+        artifact=artifact,
+        context={},
+    )
+    assert isinstance(claim, Claim)
+    return claim
+
+
+def test_idempotency_takeover_probe_says_deployed_runs_nothing(
+    tt: Turnout, calls_file: Path
+) -> None:
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file)})
+    claim = dead_runner_claim(tt, "site", "a.tgz", "k1")
+    calls_file.write_text(json.dumps({"key": "k1", "attempt": 1, "version": "1.0.0"}) + "\n")
+    record = tt.release("site", "a.tgz", key="k1")
+    assert record.id == claim.id
+    assert record.status is Status.RECONCILED
+    assert record.result == {"probed": "k1", "calls": 1}
+    assert record.exit_code == 0
+    assert len(read_calls(calls_file)) == 1  # the plugin was asked, not called
+
+
+def test_idempotency_takeover_probe_says_not_deployed_calls_again_with_the_same_key(
+    tt: Turnout, calls_file: Path
+) -> None:
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file)})
+    claim = dead_runner_claim(tt, "site", "a.tgz", "k1")
+    record = tt.release("site", "a.tgz", key="k1")
+    assert record.id == claim.id
+    assert record.status is Status.SUCCEEDED
+    assert record.attempts == 2
+    assert read_calls(calls_file) == [
+        {"key": "k1", "attempt": 2, "version": "1.0.0", "target": "site"}
+    ]
+
+
+def test_idempotency_takeover_without_probe_is_unknown_and_runs_nothing(
+    tt: Turnout, calls_file: Path
+) -> None:
+    tt.set_target("site", "plain@0.1.0", config={"calls": str(calls_file)})
+    claim = dead_runner_claim(tt, "site", "a.tgz", "k1")
+    with pytest.raises(ReleaseUnknownError) as raised:
+        tt.release("site", "a.tgz", key="k1")
+    assert raised.value.exit_code == 75
+    assert f"turnout reconcile {claim.id} --as succeeded|failed" in str(raised.value)
+    record = tt.ledger.get(claim.id)
+    assert record is not None
+    assert record.status is Status.UNKNOWN
+    assert read_calls(calls_file) == []
+    # Asking again asks again (still unknown), and still calls nothing.
+    with pytest.raises(ReleaseUnknownError):
+        tt.release("site", "a.tgz", key="k1")
+    assert read_calls(calls_file) == []
+
+
+def test_idempotency_takeover_of_an_idempotent_target_calls_again(
+    tt: Turnout, calls_file: Path
+) -> None:
+    tt.set_target("site", "plain@0.1.0", config={"calls": str(calls_file)}, idempotent=True)
+    dead_runner_claim(tt, "site", "a.tgz", "k1")
+    record = tt.release("site", "a.tgz", key="k1")
+    assert record.status is Status.SUCCEEDED
+    assert read_calls(calls_file) == [{"key": "k1", "attempt": 2}]
+
+
+def test_idempotency_settle_unknown_as_succeeded_or_failed(tt: Turnout, calls_file: Path) -> None:
+    tt.set_target("site", "plain@0.1.0", config={"calls": str(calls_file)})
+    deployed = dead_runner_claim(tt, "site", "a.tgz", "k1")
+    lost = dead_runner_claim(tt, "site", "a.tgz", "k2")
+    for key in ("k1", "k2"):
+        with pytest.raises(ReleaseUnknownError):
+            tt.release("site", "a.tgz", key=key)
+    assert tt.settle(deployed.id, "succeeded", actor="ana", reason="files are there").status is (
+        Status.RECONCILED
+    )
+    assert tt.release("site", "a.tgz", key="k1").reused
+    assert tt.settle(lost.id, "failed", actor="ana").status is Status.FAILED
+    with pytest.raises(ReleaseFailedError):
+        tt.release("site", "a.tgz", key="k2")
+    with pytest.raises(UsageError, match="not unknown"):
+        tt.settle(deployed.id, "failed", actor="ana")
+    assert read_calls(calls_file) == []
+
+
+def test_idempotency_a_runner_taken_over_cannot_record_its_outcome(
+    tt: Turnout, db_path: Path
+) -> None:
+    """C3 in one process: A's lease lapses, B takes over and finishes; A's write is refused."""
+    tt.set_target("site", "echo@1.0.0")
+    spec = tt.registry.get_target("site")
+    now = [utcnow()]
+    ledger_a = Ledger(tt.registry.engine, lease=5, clock=lambda: now[0])
+    ledger_b = Ledger(tt.registry.engine, lease=5, clock=lambda: now[0])
+    request: dict[str, Any] = {
+        "target": "site",
+        "key": "k1",
+        "fingerprint": fingerprint("site", "a.tgz", spec.plugin_ref, spec.config, {}),
+        "plugin_ref": spec.plugin_ref,
+        "artifact": "a.tgz",
+        "context": {},
+    }
+    a = ledger_a.claim(**request)
+    assert isinstance(a, Claim)
+    with pytest.raises(ReleaseInProgressError):
+        ledger_b.claim(**request)  # A's lease is live
+    now[0] += timedelta(seconds=6)
+    b = ledger_b.claim(**request)
+    assert isinstance(b, Claim)
+    assert b.takeover
+    assert b.token != a.token
+    ledger_b.move(b, Status.RUNNING, attempts=2)
+    ledger_b.move(b, Status.SUCCEEDED, result={"by": "b"})
+    with pytest.raises(LeaseLostError):
+        ledger_a.move(a, Status.FAILED, error="A woke up late")
+    record = tt.ledger.get(a.id)
+    assert record is not None
+    assert (record.status, record.result) == (Status.SUCCEEDED, {"by": "b"})
+
+
+def test_idempotency_heartbeat_keeps_a_long_release_alive(tt: Turnout) -> None:
+    tt.set_target("site", "echo@1.0.0")
+    spec = tt.registry.get_target("site")
+    now = [utcnow()]
+    ledger = Ledger(tt.registry.engine, lease=5, clock=lambda: now[0])
+    claim = ledger.claim(
+        target="site",
+        key="k1",
+        fingerprint=fingerprint("site", "a.tgz", spec.plugin_ref, spec.config, {}),
+        plugin_ref=spec.plugin_ref,
+        artifact="a.tgz",
+        context={},
+    )
+    assert isinstance(claim, Claim)
+    for _ in range(4):  # 12 s of work, a beat every 3 s: the lease never lapses
+        now[0] += timedelta(seconds=3)
+        assert ledger.heartbeat([claim]) == []
+    other = Ledger(tt.registry.engine, lease=5, clock=lambda: now[0])
+    with pytest.raises(ReleaseInProgressError):
+        other.claim(
+            target="site",
+            key="k1",
+            fingerprint=claim.values["fingerprint"],
+            plugin_ref=spec.plugin_ref,
+            artifact="a.tgz",
+            context={},
+        )
+
+
+# Replay -----------------------------------------------------------------------------------
+
+
+def test_replay_reruns_failures_under_the_new_mapping_once(tt: Turnout, calls_file: Path) -> None:
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file), "fail_with": "permanent"})
+    for i in range(3):
+        with pytest.raises(ReleaseFailedError):
+            tt.release("site", f"build-{i}.tgz", key=f"k{i}", context={"customer": f"c{i % 2}"})
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file)}, reason="the fix")
+    originals = tt.replay_candidates(since=timedelta(minutes=20))
+    assert [o.idempotency_key for o in originals] == ["k0", "k1", "k2"]
+    replays = tt.replay(originals)
+    assert all(r.record is not None and r.record.status is Status.SUCCEEDED for r in replays)
+    assert [r.record.replay_of for r in replays if r.record] == [o.id for o in originals]
+    assert len(read_calls(calls_file)) == 6  # 3 failures, then 3 replays
+    # The same window again: the replays are not candidates, the originals' keys are used.
+    again = tt.replay(tt.replay_candidates(since=timedelta(minutes=20)))
+    assert all(r.record is not None and r.record.reused for r in again)
+    assert len(read_calls(calls_file)) == 6
+
+
+def test_replay_filters_by_customer_status_and_dry_run(tt: Turnout, calls_file: Path) -> None:
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file)})
+    tt.release("site", "a.tgz", key="ok-1", context={"customer": "acme"})
+    tt.release("site", "b.tgz", key="ok-2", context={"customer": "globex"})
+    assert tt.replay_candidates(since=timedelta(hours=1)) == []
+    everything = tt.replay_candidates(since=timedelta(hours=1), statuses=tuple(Status))
+    assert len(everything) == 2
+    acme = tt.replay_candidates(since=timedelta(hours=1), statuses=tuple(Status), customer="acme")
+    assert [r.idempotency_key for r in acme] == ["ok-1"]
+    planned = tt.replay(acme, dry_run=True)
+    assert planned[0].record is None
+    assert planned[0].plugin_ref == "echo@1.0.0"
+    assert len(read_calls(calls_file)) == 2
+
+
+def test_replay_and_reconcile_cli(db_path: Path, calls_file: Path) -> None:
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(cli, ["--db", str(db_path), *args], catch_exceptions=False)
+
+    with Turnout(str(db_path)) as handle:
+        handle.set_target(
+            "site", "echo@1.0.0", config={"calls": str(calls_file), "fail_with": "permanent"}
+        )
+        with pytest.raises(ReleaseFailedError):
+            handle.release("site", "a.tgz", key="k1")
+        handle.set_target("site", "plain@0.1.0", config={"calls": str(calls_file)})
+        stuck = dead_runner_claim(handle, "site", "b.tgz", "k2")
+    dry = run("replay", "--since", "20m", "--dry-run", "--json")
+    assert dry.exit_code == 0
+    (row,) = json.loads(dry.stdout)
+    assert (row["was"], row["plugin"], row["release"]) == ("echo@1.0.0 failed", "plain@0.1.0", None)
+    done = run("replay", "--since", "20m")
+    assert done.exit_code == 0, done.stderr
+    assert "succeeded" in done.stdout
+    assert run("replay", "--since", "20m", "--status", "bogus").exit_code == 2
+    assert run("replay", "--since", "soon").exit_code == 2
+    reconciled = run("reconcile", "--json")
+    assert reconciled.exit_code == 75
+    assert json.loads(reconciled.stdout)[0]["now"] == "unknown"
+    settled = run("reconcile", stuck.id, "--as", "succeeded", "--reason", "checked by hand")
+    assert settled.exit_code == 0
+    assert "reconciled" in settled.stderr
+    assert run("reconcile").exit_code == 0
+    assert run("reconcile", stuck.id).exit_code == 2
