@@ -18,7 +18,7 @@ from naive import NAMESPACE, NaiveLedger
 from world import ARTIFACT, NOOP_ID, NOOP_REF, RELEASE_ARGS, World
 
 from turnout import retries
-from turnout.releases import Status
+from turnout.releases import Claim, Status
 
 
 def run(world: World, plan: Plan, report: Report) -> None:
@@ -36,7 +36,7 @@ def run(world: World, plan: Plan, report: Report) -> None:
     last: list[str] = []
 
     def claim_finish() -> None:
-        release_id, _ = ledger.claim(
+        claim = ledger.claim(
             target="noop-inline",
             key=f"parts-{next(keys)}",
             fingerprint="0" * 64,
@@ -44,8 +44,9 @@ def run(world: World, plan: Plan, report: Report) -> None:
             artifact=ARTIFACT,
             context={},
         )
-        ledger.finish(release_id, status=Status.SUCCEEDED, attempts=1, result={"ok": True})
-        last[:] = [release_id]
+        assert isinstance(claim, Claim)
+        ledger.move(claim, Status.SUCCEEDED, result={"ok": True})
+        last[:] = [claim.id]
 
     def raw_commits() -> None:
         key = f"raw-{next(keys)}"
@@ -76,8 +77,8 @@ def run(world: World, plan: Plan, report: Report) -> None:
     # (key, name, batch multiplier: cheap parts take more calls per sample, operation)
     parts = [
         ("parts.get_target", "registry.get_target (Core SELECT)", 1, get_target),
-        ("parts.claim_finish", "ledger.claim + ledger.finish (2 commits)", 1, claim_finish),
-        ("parts.get", "ledger.get: read the record back (SELECT)", 1, read_back),
+        ("parts.claim_finish", "ledger.claim + ledger.move (2 commits)", 1, claim_finish),
+        ("parts.get", "ledger.get: read a record by id (SELECT; no longer on the release path)", 1, read_back),
         ("parts.plugin", "PluggyReleaser.release (hook + check)", 10, plugin),
         ("parts.policy", "retry policy (tenacity) around one call", 10, policy),
         ("parts.naive_commits", "naive: two Core commits", 1, naive_commits),
