@@ -78,7 +78,7 @@ def run(world: World, plan: Plan, report: Report) -> None:
     parts = [
         ("parts.get_target", "registry.get_target (Core SELECT)", 1, get_target),
         ("parts.claim_finish", "ledger.claim + ledger.move (2 commits)", 1, claim_finish),
-        ("parts.get", "ledger.get: read a record by id (SELECT; no longer on the release path)", 1, read_back),
+        ("parts.get", "ledger.get: a record by id (not on the release path)", 1, read_back),
         ("parts.plugin", "PluggyReleaser.release (hook + check)", 10, plugin),
         ("parts.policy", "retry policy (tenacity) around one call", 10, policy),
         ("parts.naive_commits", "naive: two Core commits", 1, naive_commits),

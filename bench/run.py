@@ -1,4 +1,4 @@
-"""Measure PERFORMANCE.md's goals P2, P3, P5, P6, P10 and P11 (and P1 on the way).
+"""Measure PERFORMANCE.md's goals P2, P3, P5, P6, P9, P10 and P11 (and P1 on the way).
 
 Every goal is a ratio to a floor or a peer measured in the same run: both sides alternate,
 after a warm-up, and the table gives medians with min-max. Run it with ``nox -s bench``
@@ -28,6 +28,7 @@ import goal_p2
 import goal_p3
 import goal_p5
 import goal_p6
+import goal_p9
 import goal_p10
 import goal_p11
 import parts
@@ -40,6 +41,7 @@ GOALS: dict[str, Callable[[World, Plan, Report, argparse.Namespace], None]] = {
     "P3": lambda w, p, r, _a: goal_p3.run(w, p, r),
     "P5": lambda w, p, r, _a: goal_p5.run(w, p, r),
     "P10": lambda w, p, r, _a: goal_p10.run(w, p, r),
+    "P9": lambda w, p, r, _a: goal_p9.run(w, p, r),
     "P6": lambda w, p, r, a: goal_p6.run(w, p, r, cli=not a.quick),
     "parts": lambda w, p, r, _a: parts.run(w, p, r),
 }
