@@ -61,6 +61,10 @@ class TargetChange:
     changed: bool = field(default=True)
 
 
+_TARGETS = Target.__table__  # type: ignore[attr-defined]
+_TARGET_BY_NAME = sa.select(_TARGETS).where(_TARGETS.c.name == sa.bindparam("name"))
+
+
 def _spec(row: Target) -> TargetSpec:
     return TargetSpec(
         name=row.name,
@@ -122,9 +126,8 @@ class Registry:
             UnknownTargetError: There is none.
         """
         self.ensure_schema()
-        table = Target.__table__  # type: ignore[attr-defined]
         with _db.reader(self.engine) as conn:
-            row = conn.execute(sa.select(table).where(table.c.name == name)).one_or_none()
+            row = conn.execute(_TARGET_BY_NAME, {"name": name}).one_or_none()
         if row is None:
             raise UnknownTargetError(name)
         return TargetSpec(
