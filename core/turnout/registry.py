@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from turnout import _db
 from turnout.errors import UnknownTargetError
@@ -63,6 +64,14 @@ class TargetChange:
 
 _TARGETS = Target.__table__  # type: ignore[attr-defined]
 _TARGET_BY_NAME = sa.select(_TARGETS).where(_TARGETS.c.name == sa.bindparam("name"))
+
+
+def _plugin_version(ref: PluginRef, source: str) -> SelectOfScalar[PluginVersion]:
+    return select(PluginVersion).where(
+        PluginVersion.plugin_id == ref.plugin_id,
+        PluginVersion.version == ref.version,
+        PluginVersion.source == source,
+    )
 
 
 def _spec(row: Target) -> TargetSpec:
@@ -289,13 +298,7 @@ class Registry:
     ) -> PluginVersion:
         """Record (or refresh) where ``ref`` from ``source`` lives."""
         with self.session() as s:
-            row = s.exec(
-                select(PluginVersion).where(
-                    PluginVersion.plugin_id == ref.plugin_id,
-                    PluginVersion.version == ref.version,
-                    PluginVersion.source == source,
-                )
-            ).one_or_none()
+            row = s.exec(_plugin_version(ref, source)).one_or_none()
             if row is None:
                 row = PluginVersion(
                     plugin_id=ref.plugin_id,
@@ -327,13 +330,7 @@ class Registry:
     def forget_plugin_version(self, ref: PluginRef, source: str) -> None:
         """Delete the record of ``ref`` from ``source`` (its files are the store's business)."""
         with self.session() as s:
-            row = s.exec(
-                select(PluginVersion).where(
-                    PluginVersion.plugin_id == ref.plugin_id,
-                    PluginVersion.version == ref.version,
-                    PluginVersion.source == source,
-                )
-            ).one_or_none()
+            row = s.exec(_plugin_version(ref, source)).one_or_none()
             if row is not None:
                 s.delete(row)
 
