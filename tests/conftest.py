@@ -17,7 +17,9 @@ sys.path.insert(0, str(HERE))  # for `helpers`, which --import-mode=importlib do
 
 from helpers import (  # noqa: E402
     FIXTURE_PLUGINS,
+    POSTGRES_URL_ENV,
     fixture_wheel,
+    fresh_postgres_database,
     install_into,
     wheel_from_installed,
 )
@@ -91,6 +93,38 @@ def db_path(tmp_path: Path) -> Path:
     registry.upgrade()
     registry.close()
     return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty registry at the latest migration, on each database turnout supports.
+
+    ``sqlite``: a file in the test's temp folder. ``postgresql``: a database of its own, created
+    on the server that ``TURNOUT_TEST_POSTGRES_URL`` names and dropped after the test; without
+    that variable this case is skipped (CI sets it).
+    """
+    from turnout.registry import Registry
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+        registry = Registry(url)
+        registry.upgrade()
+        registry.close()
+        yield url
+        return
+    server = os.environ.get(POSTGRES_URL_ENV)
+    if not server:
+        pytest.skip(
+            f"PostgreSQL case: set {POSTGRES_URL_ENV} (e.g. "
+            "postgresql://postgres@127.0.0.1:5432/test) to run it"
+        )
+    with fresh_postgres_database(server) as url:
+        registry = Registry(url)
+        try:
+            registry.upgrade()
+        finally:
+            registry.close()
+        yield url
 
 
 @pytest.fixture

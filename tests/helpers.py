@@ -7,13 +7,15 @@ writing one directly takes a millisecond and gives pip and uv exactly what they 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import secrets
 import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixture_plugins"
@@ -150,3 +152,43 @@ def read_calls(path: Path) -> list[dict[str, object]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+POSTGRES_URL_ENV = "TURNOUT_TEST_POSTGRES_URL"
+"""A PostgreSQL server for the tests, e.g. ``postgresql://postgres@127.0.0.1:5432/test``.
+
+Tests parametrised over the registry's databases run their ``postgresql`` case only when it is
+set; each such case gets a database of its own on that server, dropped afterwards."""
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(server_url: str) -> Iterator[str]:
+    """Create an empty database on the server of ``server_url``; yield its URL; drop it.
+
+    Connects (autocommit) to the URL's own database to run ``CREATE DATABASE`` and, afterwards,
+    ``DROP DATABASE ... WITH (FORCE)``, which also ends connections a test left open.
+    """
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"turnout_test_{secrets.token_hex(6)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield server.set(drivername="postgresql", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            if conn.info.server_version >= 130000:
+                drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            else:  # pragma: no cover - servers before 13 have no FORCE
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+                drop = sql.SQL("DROP DATABASE IF EXISTS {}")
+            conn.execute(drop.format(sql.Identifier(name)))

@@ -6,9 +6,14 @@ Config:
     fail_times: how many first attempts fail (default: all of them).
     token: a value the plugin echoes into its error messages (for secret-leak tests).
     invalid: any value makes turnout_validate_config refuse the config.
+    sleep: seconds each call takes after recording itself in ``calls`` (a slow deploy).
+    deployed: a file to which a call appends one JSON line once the release has taken effect:
+        after ``sleep``, and only when the call succeeds. When it is set, turnout_probe reads
+        it instead of ``calls`` (a call that is recorded but has not finished did not deploy).
 """
 
 import json
+import time
 
 import pluggy
 
@@ -26,6 +31,9 @@ def turnout_validate_config(config):
         raise ValueError("echo: config 'invalid' is not allowed")
     if "fail_with" in config and config["fail_with"] not in _FAILURES:
         raise ValueError(f"echo: config 'fail_with' must be one of {sorted(_FAILURES)}")
+    sleep = config.get("sleep", 0)
+    if isinstance(sleep, bool) or not isinstance(sleep, (int, float)) or sleep < 0:
+        raise ValueError("echo: config 'sleep' must be a number of seconds, at least 0")
 
 
 @hookimpl
@@ -39,11 +47,22 @@ def turnout_release(artifact, target, config, context, idempotency_key, attempt)
                 "target": target,
             }
             calls.write(json.dumps(line) + "\n")
+    if config.get("sleep"):
+        time.sleep(config["sleep"])
     failure = config.get("fail_with")
     if failure and attempt <= config.get("fail_times", 1_000_000):
         raise _FAILURES[failure](
             f"echo failed on attempt {attempt} with token={config.get('token', '')}"
         )
+    if "deployed" in config:
+        with open(config["deployed"], "a", encoding="utf-8") as deployed:
+            line = {
+                "key": idempotency_key,
+                "attempt": attempt,
+                "target": target,
+                "artifact": artifact,
+            }
+            deployed.write(json.dumps(line) + "\n")
     return {
         "artifact": artifact,
         "target": target,
@@ -57,9 +76,9 @@ def turnout_release(artifact, target, config, context, idempotency_key, attempt)
 
 @hookimpl
 def turnout_probe(config, idempotency_key):
-    """Truthful: the key was released if the calls file records a call for it."""
+    """Truthful: the key was released if the deployed file (else the calls file) records it."""
     try:
-        with open(config["calls"], encoding="utf-8") as calls:
+        with open(config.get("deployed") or config["calls"], encoding="utf-8") as calls:
             seen = [json.loads(line) for line in calls if line.strip()]
     except (KeyError, OSError):
         return None
