@@ -267,7 +267,7 @@ C2_NEW_TARGETS = 5
 
 
 def test_c2_processes_creating_one_target_at_once_all_succeed(
-    registry_url: str, tmp_path: Path, calls_file: Path, request: pytest.FixtureRequest
+    registry_url: str, tmp_path: Path, calls_file: Path
 ) -> None:
     """8 processes set the same new target at once on an empty registry, then release to it.
 
@@ -275,14 +275,6 @@ def test_c2_processes_creating_one_target_at_once_all_succeed(
     it records on first use): one insert wins, the others' writes become changes of its row.
     No registry error reaches a caller.
     """
-    if "postgresql" in request.node.callspec.id:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="on PostgreSQL the losers of the insert race get RegistryUnavailableError "
-                "(duplicate key) instead of writing a change of the winner's row",
-            )
-        )
     with runners(registry_url, C2_PROCESSES, tmp_path / "logs") as workers:
         for round_ in range(C2_NEW_TARGETS):
             name = f"new-{round_}"

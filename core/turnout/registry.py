@@ -8,9 +8,9 @@ transaction, and nothing in that history is ever updated or deleted. Callers val
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -26,6 +26,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_ISOLATION = "process"
 ISOLATIONS = ("process", "inline")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,24 @@ class Registry:
         ):
             yield s
 
+    def _write(self, work: Callable[[Session], _T]) -> _T:
+        """Run ``work`` in one write transaction, and once more if it lost a race to insert.
+
+        Two callers that both find no row and both insert it: on SQLite, ``BEGIN IMMEDIATE``
+        queues them, but on PostgreSQL the second insert fails on the unique key once the
+        first commits. Run again, ``work`` finds the row the first one committed and changes
+        it instead; any other failure, or a second conflict, raises as usual.
+        """
+        self.ensure_schema()
+        with _db.translate_errors(self.url):
+            try:
+                with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                    return work(s)
+            except sa.exc.IntegrityError:
+                pass
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                return work(s)
+
     # Targets -----------------------------------------------------------------------------
 
     def get_target(self, name: str) -> TargetSpec:
@@ -174,7 +194,8 @@ class Registry:
         target). A change that alters nothing writes nothing.
         """
         now = utcnow()
-        with self.session() as s:
+
+        def change(s: Session) -> TargetChange:
             row = s.get(Target, name, with_for_update=True)
             before = _spec(row) if row else None
             if row is None:
@@ -234,7 +255,9 @@ class Registry:
                     created_at=now,
                 )
             )
-        return TargetChange(spec, before)
+            return TargetChange(spec, before)
+
+        return self._write(change)
 
     def remove_target(self, name: str, *, actor: str, reason: str) -> TargetSpec:
         """Remove a target; its history and its releases stay.
@@ -297,7 +320,8 @@ class Registry:
         requirement: str | None = None,
     ) -> PluginVersion:
         """Record (or refresh) where ``ref`` from ``source`` lives."""
-        with self.session() as s:
+
+        def record(s: Session) -> PluginVersion:
             row = s.exec(_plugin_version(ref, source)).one_or_none()
             if row is None:
                 row = PluginVersion(
@@ -315,7 +339,9 @@ class Registry:
             row.requirement = requirement
             row.recorded_at = utcnow()
             s.add(row)
-        return row
+            return row
+
+        return self._write(record)
 
     def plugin_versions(self, source: str | None = None) -> list[PluginVersion]:
         """Every recorded plugin version (of one source), by id and version."""
