@@ -101,7 +101,7 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
     ``sqlite``: a file in the test's temp folder. ``postgresql``: a database of its own, created
     on the server that ``TURNOUT_TEST_POSTGRES_URL`` names and dropped after the test; without
-    that variable this case is skipped (CI sets it).
+    that variable this case is skipped, except under ``CI``, where it fails (.ci/run sets it).
     """
     from turnout.registry import Registry
 
@@ -113,6 +113,8 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
         return
     server = os.environ.get(POSTGRES_URL_ENV)
+    if not server and os.environ.get("CI"):
+        pytest.fail(f"CI must test PostgreSQL too: {POSTGRES_URL_ENV} is not set (see .ci/run)")
     if not server:
         pytest.skip(
             f"PostgreSQL case: set {POSTGRES_URL_ENV} (e.g. "
