@@ -431,10 +431,11 @@ def test_f1_runner_killed_after_deploying_is_never_run_blind_again(
 
 # L1 ----------------------------------------------------------------------------------------
 
-L1_TARGETS = 30
-L1_EVENTS = 420
-L1_DUPLICATES = 180  # 30% of the 600 deliveries
-L1_LATE = 60  # 10% of the deliveries arrive later than their place
+# RELIABILITY.md L1 at full size: 2,000 deliveries over 50 targets.
+L1_TARGETS = 50
+L1_EVENTS = 1400
+L1_DUPLICATES = 600  # 30% of the 2,000 deliveries
+L1_LATE = 200  # 10% of the deliveries arrive later than their place
 L1_BROKEN = range(5)  # targets whose releases fail until their config is fixed
 L1_FLAKY = range(5, 8)  # targets whose first attempt fails transiently
 
@@ -461,7 +462,7 @@ def l1_stream(rng: random.Random) -> tuple[list[list[str]], list[list[str]]]:
 
 
 def test_l1_replay_storm_deploys_each_artifact_once(registry_url: str, tmp_path: Path) -> None:
-    """600 deliveries over 30 targets, redelivered twice, failures replayed twice.
+    """2,000 deliveries over 50 targets, redelivered twice, failures replayed twice.
 
     Delivered by two runners sharing the stream, then redelivered in full by one runner, then
     by two runners at once; the broken targets are fixed and their failures replayed by two
