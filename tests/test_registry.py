@@ -234,3 +234,43 @@ def test_target_remove_keeps_history(tt: Turnout) -> None:
     assert tt.set_target("site", "echo@1.0.0").target.revision == 3
     with pytest.raises(UnknownTargetError):
         tt.registry.remove_target("never", actor="ana", reason="")
+
+
+def test_target_set_expect_revision_is_a_compare_and_set(tt: Turnout) -> None:
+    from turnout.errors import StaleRevisionError
+
+    tt.set_target("site", "echo@1.0.0", expect_revision=0)
+    tt.set_target("site", "echo@1.0.0", config={"a": 1}, expect_revision=1)
+    with pytest.raises(StaleRevisionError) as raised:
+        tt.set_target("site", "echo@1.0.0", config={"a": 2}, expect_revision=1)
+    assert raised.value.exit_code == 75
+    assert "--expect-revision 2" in str(raised.value)
+    spec = tt.registry.get_target("site")
+    assert (spec.revision, spec.config) == (2, {"a": 1})
+    assert len(tt.registry.target_history("site")) == 2
+
+
+def test_target_history_cli_shows_each_revision_and_its_changes(tt: Turnout, db_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from turnout.cli import cli
+
+    tt.set_target("site", "echo@1.0.0", config={"a": 1}, reason="first", actor="ana")
+    tt.set_target("site", "echo@1.0.0", config={"a": 2}, timeout=5, reason="tune", actor="bo")
+    tt.registry.remove_target("site", actor="bo", reason="gone")
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "history", "site", "--json"])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["revision"], r["actor"], r["reason"]) for r in rows] == [
+        (1, "ana", "first"),
+        (2, "bo", "tune"),
+        (3, "bo", "gone"),
+    ]
+    assert rows[1]["changes"] == {"config.a": [1, 2], "timeout": [60.0, 5.0]}
+    assert rows[2]["target"] is None
+    table = CliRunner().invoke(cli, ["--db", str(db_path), "history", "site"])
+    assert "config.a: 1 -> 2" in table.stdout
+    missing = CliRunner().invoke(cli, ["--db", str(db_path), "history", "nowhere"])
+    assert missing.exit_code == 2

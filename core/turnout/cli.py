@@ -229,6 +229,11 @@ def target() -> None:
     "mid-call, when the plugin has no turnout_probe (default: not; the release is then "
     "recorded 'unknown' for a human to check).",
 )
+@click.option(
+    "--expect-revision",
+    type=click.IntRange(min=0),
+    help="Refuse the edit unless the target is at this revision (0: it never existed).",
+)
 @click.option("--reason", default="", help="Why; kept in the target's history.")
 @click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
 @json_option
@@ -243,6 +248,7 @@ def target_set(
     max_attempts: int | None,
     isolation: str | None,
     idempotent: bool | None,
+    expect_revision: int | None,
     reason: str,
     actor: str | None,
     as_json: bool,
@@ -260,6 +266,7 @@ def target_set(
         timeout=timeout,
         isolation=isolation,
         idempotent=idempotent,
+        expect_revision=expect_revision,
         actor=actor,
         reason=reason,
     )
@@ -334,6 +341,54 @@ def target_remove(
         _print_json({"removed": _target_dict(spec)})
     else:
         _say(f"target {name!r} removed (it pointed to {spec.plugin_ref})")
+
+
+@cli.command("history")
+@click.argument("name")
+@json_option
+@click.pass_context
+def history_command(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show every revision of a target, oldest first: who, when, why, and what changed."""
+    from turnout.registry import changes
+
+    revisions = _handle(ctx).registry.target_history(name)
+    if not revisions:
+        raise UsageError(f"target {name!r} has no history; list targets with: turnout target list")
+    rows: list[dict[str, Any]] = []
+    previous = None
+    for revision in revisions:
+        rows.append(
+            {
+                "revision": revision.revision,
+                "at": revision.created_at.isoformat(),
+                "actor": revision.actor,
+                "reason": revision.reason,
+                "target": revision.snapshot,
+                "changes": changes(previous, revision.snapshot),
+            }
+        )
+        previous = revision.snapshot
+    if as_json:
+        _print_json(rows)
+        return
+    _print_table(
+        f"history of {name}",
+        ["revision", "at", "actor", "reason", "changes"],
+        [
+            (
+                r["revision"],
+                r["at"][:19],
+                r["actor"],
+                r["reason"],
+                "removed"
+                if r["target"] is None
+                else "; ".join(
+                    f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in r["changes"].items()
+                ),
+            )
+            for r in rows
+        ],
+    )
 
 
 # plugin ------------------------------------------------------------------------------------

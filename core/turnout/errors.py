@@ -18,6 +18,7 @@ facts as attributes and maps to exactly one CLI exit code (``exit_code``)::
     ├── PluginInstallError                            1  an install into the store failed
     ├── WorkerCrashedError (ConnectionError)         75  a worker died mid-call (transient)
     ├── WorkerTimeoutError (TimeoutError)            75  a call passed its deadline (transient)
+    ├── StaleRevisionError                           75  an edit based on an old revision
     ├── KeyMismatchError                             65  same key, different request
     ├── ReleaseInProgressError                       75  same key, still running elsewhere
     ├── LeaseLostError                               75  taken over after this lease expired
@@ -175,6 +176,22 @@ class WorkerTimeoutError(TurnoutError, TimeoutError):
         super().__init__(
             f"{plugin_ref} did not answer within {timeout:g}s; its worker's process group "
             "was terminated"
+        )
+
+
+class StaleRevisionError(TurnoutError):
+    """A target edit was based on a revision that is no longer the current one; nothing changed."""
+
+    exit_code = EXIT_TEMPFAIL
+
+    def __init__(self, target: str, expected: int, current: int) -> None:
+        self.target = target
+        self.expected = expected
+        self.current = current
+        super().__init__(
+            f"target {target!r} is at revision {current}, not {expected}: someone changed it "
+            f"since; nothing changed. Review it (turnout history {target}) and try again with "
+            f"--expect-revision {current}"
         )
 
 

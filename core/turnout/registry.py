@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from turnout import _db
-from turnout.errors import UnknownTargetError
+from turnout.errors import StaleRevisionError, UnknownTargetError
 from turnout.models import PluginVersion, Target, TargetRevision, utcnow
 from turnout.refs import PluginRef
 
@@ -66,6 +66,24 @@ class TargetChange:
 
 _TARGETS = Target.__table__  # type: ignore[attr-defined]
 _TARGET_BY_NAME = sa.select(_TARGETS).where(_TARGETS.c.name == sa.bindparam("name"))
+
+
+def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:
+    """What a revision changed: ``{field: [before, after]}``, config keys as ``config.KEY``."""
+
+    def flat(snapshot: dict[str, Any] | None) -> dict[str, Any]:
+        if snapshot is None:
+            return {}
+        fields = {k: v for k, v in snapshot.items() if k != "config"}
+        fields |= {f"config.{k}": v for k, v in (snapshot.get("config") or {}).items()}
+        return fields
+
+    old, new = flat(before), flat(after)
+    return {
+        field: [old.get(field), new.get(field)]
+        for field in sorted(old.keys() | new.keys())
+        if old.get(field) != new.get(field)
+    }
 
 
 def _plugin_version(ref: PluginRef, source: str) -> SelectOfScalar[PluginVersion]:
@@ -185,25 +203,36 @@ class Registry:
         timeout: float | None = None,
         isolation: str | None = None,
         idempotent: bool | None = None,
+        expect_revision: int | None = None,
         actor: str,
         reason: str,
     ) -> TargetChange:
         """Create or change a target and record the new revision.
 
         Options left as ``None`` keep the target's current value (or the default for a new
-        target). A change that alters nothing writes nothing.
+        target). A change that alters nothing writes nothing. ``expect_revision`` makes it a
+        compare-and-set: the edit is refused unless the target is at that revision (0 for a
+        target that never existed).
+
+        Raises:
+            StaleRevisionError: ``expect_revision`` is not the current revision.
         """
         now = utcnow()
 
         def change(s: Session) -> TargetChange:
             row = s.get(Target, name, with_for_update=True)
             before = _spec(row) if row else None
+            last = None
             if row is None:
                 last = s.exec(
                     select(sa.func.max(TargetRevision.revision)).where(
                         TargetRevision.target == name
                     )
                 ).one()
+            current = row.revision if row is not None else (last or 0)
+            if expect_revision is not None and expect_revision != current:
+                raise StaleRevisionError(name, expect_revision, current)
+            if row is None:
                 row = Target(
                     name=name,
                     plugin_id=plugin_ref.plugin_id,

@@ -401,6 +401,7 @@ class Turnout:
         timeout: float | None = None,
         isolation: str | None = None,
         idempotent: bool | None = None,
+        expect_revision: int | None = None,
         actor: str | None = None,
         reason: str = "",
     ) -> TargetChange:
@@ -443,6 +444,7 @@ class Turnout:
             timeout=timeout,
             isolation=isolation,
             idempotent=idempotent,
+            expect_revision=expect_revision,
             actor=actor or default_actor(),
             reason=reason,
         )
