@@ -274,3 +274,49 @@ def test_target_history_cli_shows_each_revision_and_its_changes(tt: Turnout, db_
     assert "config.a: 1 -> 2" in table.stdout
     missing = CliRunner().invoke(cli, ["--db", str(db_path), "history", "nowhere"])
     assert missing.exit_code == 2
+
+
+def test_rollback_writes_a_new_revision_copying_an_earlier_one(tt: Turnout, db_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from turnout.cli import cli
+
+    tt.set_target("site", "echo@1.0.0", config={"a": 1}, actor="ana", reason="first")
+    tt.set_target("site", "echo@1.0.0", config={"a": 2}, timeout=5, actor="bo", reason="tune")
+    change = tt.rollback("site", actor="cy")
+    assert change.target.revision == 3
+    assert (change.target.config, change.target.timeout) == ({"a": 1}, 60.0)
+    history = tt.registry.target_history("site")
+    assert [(r.revision, r.actor, r.reason) for r in history] == [
+        (1, "ana", "first"),
+        (2, "bo", "tune"),
+        (3, "cy", "rollback to revision 1"),
+    ]
+    result = CliRunner().invoke(
+        cli, ["--db", str(db_path), "rollback", "site", "--to-revision", "2"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert tt.registry.get_target("site").config == {"a": 2}
+    assert len(tt.registry.target_history("site")) == 4
+    bad = CliRunner().invoke(cli, ["--db", str(db_path), "rollback", "site", "--to-revision", "9"])
+    assert bad.exit_code == 2
+    assert "no earlier revision 9" in bad.stderr
+
+
+def test_rollback_refuses_a_version_no_longer_installed(tt: Turnout) -> None:
+    from sqlalchemy import text
+
+    from turnout.errors import PluginNotInstalledError
+
+    tt.set_target("site", "echo@1.0.0")
+    tt.set_target("site", "echo@1.0.0", config={"b": 1})
+    with tt.registry.engine.begin() as conn:  # as if revision 1 had named a removed version
+        conn.execute(
+            text(
+                "UPDATE target_revisions SET snapshot = json_set(snapshot, '$.plugin', "
+                "'echo@0.9.0') WHERE revision = 1"
+            )
+        )
+    with pytest.raises(PluginNotInstalledError):
+        tt.rollback("site")
+    assert tt.registry.get_target("site").revision == 2

@@ -391,6 +391,41 @@ def history_command(ctx: click.Context, name: str, as_json: bool) -> None:
     )
 
 
+@cli.command("rollback")
+@click.argument("name")
+@click.option(
+    "--to-revision",
+    type=click.IntRange(min=1),
+    help="The revision to copy (default: the one before the current).",
+)
+@click.option("--reason", default="", help="Why; kept in the target's history.")
+@click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+@json_option
+@click.pass_context
+def rollback_command(
+    ctx: click.Context,
+    name: str,
+    to_revision: int | None,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Restore an earlier revision of a target, as a new revision (history is never rewritten).
+
+    The restored plugin version must still be installed and accept the config; the edit is
+    refused, unchanged, if someone changed the target meanwhile.
+    """
+    change = _handle(ctx).rollback(name, to_revision=to_revision, actor=actor, reason=reason)
+    now = change.target
+    if as_json:
+        _print_json({**_target_dict(now), "changed": change.changed})
+    elif not change.changed:
+        _say(f"target {name!r} already matches that revision; nothing changed")
+    else:
+        was = change.before.plugin_ref if change.before else None
+        _say(f"target {name!r} rolled back: {was} -> {now.plugin_ref} (revision {now.revision})")
+
+
 # plugin ------------------------------------------------------------------------------------
 
 

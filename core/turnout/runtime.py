@@ -449,6 +449,49 @@ class Turnout:
             reason=reason,
         )
 
+    def rollback(
+        self,
+        name: str,
+        *,
+        to_revision: int | None = None,
+        actor: str | None = None,
+        reason: str = "",
+    ) -> TargetChange:
+        """Write a new revision of ``name`` that copies an earlier one (default: the previous).
+
+        It goes through the same checks as :meth:`set_target` (the version must be installed and
+        accept the config), and is a compare-and-set against the revision it read: nothing in the
+        history is updated or deleted.
+
+        Raises:
+            UsageError: No such revision, or nothing earlier to roll back to.
+        """
+        history = self.registry.target_history(name)
+        if not history:
+            raise UnknownTargetError(name)
+        current = history[-1].revision
+        wanted = to_revision if to_revision is not None else current - 1
+        earlier = next((r for r in history if r.revision == wanted), None)
+        if earlier is None or wanted >= current:
+            raise UsageError(
+                f"target {name!r} has no earlier revision {wanted}; see: turnout history {name}"
+            )
+        if earlier.snapshot is None:
+            raise UsageError(f"revision {wanted} of {name!r} removed the target; pick another")
+        snapshot = earlier.snapshot
+        return self.set_target(
+            name,
+            snapshot["plugin"],
+            config=dict(snapshot["config"]),
+            max_attempts=snapshot["max_attempts"],
+            timeout=snapshot["timeout"],
+            isolation=snapshot.get("isolation"),
+            idempotent=snapshot.get("idempotent"),
+            expect_revision=current,
+            actor=actor,
+            reason=reason or f"rollback to revision {wanted}",
+        )
+
     # The store ---------------------------------------------------------------------------
 
     def install_plugin(self, request: InstallRequest) -> list[InstallOutcome]:
