@@ -303,3 +303,17 @@ def test_module_level_release_uses_the_given_database(db_path: Path, calls_file:
     record = turnout.release("site", "a.tgz", key="api-1", db=str(db_path))
     assert record.status is Status.SUCCEEDED
     assert turnout.release("site", "a.tgz", key="api-1", db=str(db_path)).reused
+
+
+def test_release_stores_its_decision_record_and_later_changes_never_alter_it(
+    tt: Turnout, calls_file: Path
+) -> None:
+    echo_target(tt, calls_file)
+    record = tt.release("site", "a.tgz", key="d-1")
+    decision = {"revision": 1, "rule": "target default", "bucket": None, "plugin": "echo@1.0.0"}
+    assert record.decision == decision
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file), "x": 1})
+    stored = tt.ledger.get(record.id)
+    assert stored is not None
+    assert stored.decision == decision
+    assert tt.release("site", "a.tgz", key="d-2").decision == {**decision, "revision": 2}

@@ -673,6 +673,12 @@ def _print_release(record: ReleaseRecord, as_json: bool) -> None:
         rows.append(("error", record.error))
     if record.replay_of:
         rows.append(("replay of", record.replay_of))
+    if record.decision:
+        decision = record.decision
+        why = f"{decision.get('rule')} at revision {decision.get('revision')}"
+        if decision.get("bucket") is not None:
+            why += f", bucket {decision['bucket']}"
+        rows.append(("decision", f"{decision.get('plugin')}: {why}"))
     _print_table(None, ["field", "value"], rows)
 
 

@@ -101,7 +101,9 @@ class Release(SQLModel, table=True):
     same key answers with the original exit code. ``output`` is the tail of what the plugin
     printed, when it ran in a worker process. ``token`` fences every write after the claim
     and ``lease_expires_at`` says until when the holder is presumed alive (see
-    :class:`turnout.releases.Ledger`); ``replay_of`` links a replay to its original.
+    :class:`turnout.releases.Ledger`); ``replay_of`` links a replay to its original;
+    ``decision`` records why the release got its version (routing revision, rule, bucket, ref),
+    written once at the claim and never changed.
     """
 
     __tablename__ = "releases"
@@ -128,5 +130,6 @@ class Release(SQLModel, table=True):
     token: str | None = None
     lease_expires_at: datetime | None = _timestamp(nullable=True)
     replay_of: str | None = Field(default=None, index=True)
+    decision: dict[str, Any] | None = _json(nullable=True)
     started_at: datetime = _timestamp(index=True)
     finished_at: datetime | None = _timestamp(nullable=True)

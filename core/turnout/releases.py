@@ -183,6 +183,7 @@ class ReleaseRecord:
     started_at: datetime
     finished_at: datetime | None
     replay_of: str | None = None
+    decision: dict[str, Any] | None = None
     reused: bool = False
     """True when this call found the key already released and ran nothing."""
 
@@ -243,6 +244,7 @@ class ReleaseRecord:
             started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
             finished_at=_aware(row["finished_at"]),
             replay_of=row["replay_of"],
+            decision=row["decision"],
             reused=reused,
         )
 
@@ -306,6 +308,7 @@ class Ledger:
         artifact: str,
         context: dict[str, str],
         replay_of: str | None = None,
+        decision: dict[str, Any] | None = None,
     ) -> Claim | ReleaseRecord:
         """Insert the release row for (target, key), committed before any plugin code runs.
 
@@ -334,6 +337,7 @@ class Ledger:
             "token": secrets.token_hex(8),
             "lease_expires_at": now + self.lease,
             "replay_of": replay_of,
+            "decision": decision,
             "started_at": now,
         }
         with _db.translate_errors(self.engine.url):
@@ -592,6 +596,7 @@ _ROW_DEFAULTS = {
     "output": None,
     "finished_at": None,
     "replay_of": None,
+    "decision": None,
 }
 
 

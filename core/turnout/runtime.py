@@ -193,6 +193,12 @@ class Turnout:
             artifact=artifact,
             context=ctx,
             replay_of=replay_of,
+            decision={
+                "revision": spec.revision,
+                "rule": "target default",
+                "bucket": None,
+                "plugin": str(spec.plugin_ref),
+            },
         )
         if isinstance(outcome, ReleaseRecord):
             log.info("release %s: key %r already released; nothing ran", outcome.id, key)
