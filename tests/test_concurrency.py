@@ -451,7 +451,9 @@ def l1_config(n: int, calls: Path, deployed: Path, *, fixed: bool = False) -> di
 
 def l1_stream(rng: random.Random) -> tuple[list[list[str]], list[list[str]]]:
     """The events, and their delivery: 30% duplicates, 10% out of order."""
-    events = [[f"t{n % L1_TARGETS:02d}", f"build-{n}.tgz", f"ev-{n}"] for n in range(L1_EVENTS)]
+    events = [
+        [f"t{n % L1_TARGETS:02d}", f"/builds/build-{n}.tgz", f"ev-{n}"] for n in range(L1_EVENTS)
+    ]
     stream = list(events)
     for event in rng.sample(events, L1_DUPLICATES):
         stream.insert(rng.randint(stream.index(event) + 1, len(stream)), event)

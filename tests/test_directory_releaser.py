@@ -66,3 +66,14 @@ def test_directory_target_config_is_validated(tt: Turnout) -> None:
         tt.set_target("web", "directory@1.0.0", config={"root": "relative/path"})
     assert "root" in str(raised.value)
     assert tt.registry.get_target("web").config["keep"] == 2
+
+
+def test_directory_relative_artifact_is_the_callers_path(
+    tt: Turnout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker runs in a private folder; a relative artifact still means the caller's."""
+    _site(tmp_path, "v1", "relative")
+    monkeypatch.chdir(tmp_path)
+    record = tt.release("web", "v1", key="rel-1")
+    assert record.artifact == "v1"
+    assert (tmp_path / "www" / "current" / "index.html").read_text() == "relative"

@@ -52,12 +52,14 @@ def echo_target(tt: Turnout, calls: Path, name: str = "site", **config: Any) -> 
 
 def test_release_succeeds_and_records(tt: Turnout, calls_file: Path) -> None:
     echo_target(tt, calls_file)
-    record = tt.release("site", "dist/app.tar.gz", key="build-1", context={"customer": "acme"})
+    record = tt.release(
+        "site", "https://ci.example/app.tar.gz", key="build-1", context={"customer": "acme"}
+    )
     assert record.status is Status.SUCCEEDED
     assert record.attempts == 1
     assert record.plugin_ref == "echo@1.0.0"
     assert record.result == {
-        "artifact": "dist/app.tar.gz",
+        "artifact": "https://ci.example/app.tar.gz",
         "target": "site",
         "key": "build-1",
         "attempt": 1,

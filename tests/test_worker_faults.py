@@ -318,7 +318,11 @@ def test_worker_flood_keeps_the_result_and_bounds_output_and_memory(
     record = tt.release("flood", "a.tgz", key="flood-1")
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert record.status is Status.SUCCEEDED
-    assert record.result == {"artifact": "a.tgz", "flooded_mib": mib, "text": "héllo ✓"}
+    assert record.result == {
+        "artifact": os.path.abspath("a.tgz"),
+        "flooded_mib": mib,
+        "text": "héllo ✓",
+    }
     output = record.output or ""
     assert 0 < len(output.encode()) <= OUTPUT_LIMIT + 256
     assert output.endswith("x" * 1023 + "\n")  # the tail is kept, the nonce is not
@@ -327,7 +331,7 @@ def test_worker_flood_keeps_the_result_and_bounds_output_and_memory(
     # The channel is intact: the next call's answer is exact.
     tt.set_target("flood", f"flood@{VERSION}", config={"mb": 0})
     assert tt.release("flood", "b.tgz", key="flood-2").result == {
-        "artifact": "b.tgz",
+        "artifact": os.path.abspath("b.tgz"),
         "flooded_mib": 0,
         "text": "héllo ✓",
     }

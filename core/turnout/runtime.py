@@ -666,7 +666,9 @@ class _Attempts:
         self.spec = spec
         self.releaser = releaser
         self.secrets = secrets
-        self.artifact = artifact
+        # A worker runs in a private folder: a relative path means the caller's folder. The
+        # record keeps the artifact as the caller wrote it (its fingerprint does too).
+        self.artifact = artifact if "://" in artifact else os.path.abspath(artifact)
         self.config = config
         self.context = context
         self.key = key
