@@ -98,6 +98,8 @@ def _handle(ctx: click.Context) -> Turnout:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+reason_option = click.option("--reason", default="", help="Why; kept in the target's history.")
+actor_option = click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
 
 
 @click.group(
@@ -234,8 +236,8 @@ def target() -> None:
     type=click.IntRange(min=0),
     help="Refuse the edit unless the target is at this revision (0: it never existed).",
 )
-@click.option("--reason", default="", help="Why; kept in the target's history.")
-@click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+@reason_option
+@actor_option
 @json_option
 @click.pass_context
 def target_set(
@@ -326,8 +328,8 @@ def target_list(ctx: click.Context, as_json: bool) -> None:
 
 @target.command("remove")
 @click.argument("name")
-@click.option("--reason", default="", help="Why; kept in the target's history.")
-@click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+@reason_option
+@actor_option
 @json_option
 @click.pass_context
 def target_remove(
@@ -398,8 +400,8 @@ def history_command(ctx: click.Context, name: str, as_json: bool) -> None:
     type=click.IntRange(min=1),
     help="The revision to copy (default: the one before the current).",
 )
-@click.option("--reason", default="", help="Why; kept in the target's history.")
-@click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+@reason_option
+@actor_option
 @json_option
 @click.pass_context
 def rollback_command(
@@ -816,7 +818,7 @@ def _outcome_row(record: ReleaseRecord | None, error: Exception | None) -> tuple
 )
 @click.option("--target", "target_name", help="Only releases to this target.")
 @click.option("--reason", default="", help="Why (kept with a verdict).")
-@click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+@actor_option
 @json_option
 @click.pass_context
 def reconcile_command(
