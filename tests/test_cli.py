@@ -229,16 +229,15 @@ def test_cli_release_unknown_target_exits_78(run) -> None:
 
 
 def test_cli_release_in_progress_exits_75(run, db_path: Path, calls_file: Path) -> None:
-    from turnout.models import utcnow
     from turnout.refs import PluginRef
     from turnout.registry import Registry
-    from turnout.releases import Ledger, fingerprint
+    from turnout.releases import Claim, Ledger, fingerprint
 
     run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
     registry = Registry(str(db_path))
     spec = registry.get_target("site")
-    # Another runner holds the claim: its row is inserted and still running.
-    Ledger(registry.engine).claim(
+    # Another runner holds the claim under a live lease: its row is committed and running.
+    claim = Ledger(registry.engine).claim(
         target="site",
         key="busy-1",
         fingerprint=fingerprint("site", "a.tgz", PluginRef("echo", "1.0.0"), spec.config, {}),
@@ -247,7 +246,7 @@ def test_cli_release_in_progress_exits_75(run, db_path: Path, calls_file: Path) 
         context={},
     )
     registry.close()
-    assert utcnow()  # the claim above committed before this call
+    assert isinstance(claim, Claim)
     result = run("release", "site", "a.tgz", "--key", "busy-1")
     assert result.exit_code == 75
     assert "still in progress" in result.stderr

@@ -30,7 +30,7 @@ from turnout.errors import (
 )
 
 if TYPE_CHECKING:
-    from turnout.registry import TargetSpec
+    from turnout.registry import TargetChange, TargetSpec
     from turnout.releases import ReleaseRecord
     from turnout.runtime import Turnout
 
@@ -41,8 +41,8 @@ Exit codes:
   2   usage error: bad option, malformed ref, key or context
   65  the idempotency key was used for a different request; nothing ran
   75  temporary failure: failed transiently after retries, still in progress
-      elsewhere, unknown (a runner died mid-call; see turnout reconcile), or the
-      database is unreachable; retry later with the same key
+      elsewhere, unknown (a runner died mid-call; see turnout reconcile), a stale
+      --expect-revision, or the database is unreachable; retry later
   78  configuration error: unknown target, plugin version not installed or not
       loadable, config rejected, database not migrated
 """
@@ -272,19 +272,22 @@ def target_set(
         actor=actor,
         reason=reason,
     )
+    _report_change(change, as_json, "updated")
+
+
+def _report_change(change: TargetChange, as_json: bool, verb: str) -> None:
+    """What a target edit did: JSON on stdout, or one line on stderr."""
     now = change.target
     if as_json:
         _print_json({**_target_dict(now), "changed": change.changed})
     elif not change.changed:
-        _say(
-            f"target {name!r} already points to {now.plugin_ref} with that config; nothing changed"
-        )
+        _say(f"target {now.name!r} already is {now.plugin_ref} with that config; nothing changed")
     elif change.before is None:
-        _say(f"target {name!r} created: {now.plugin_ref} (revision {now.revision})")
+        _say(f"target {now.name!r} created: {now.plugin_ref} (revision {now.revision})")
     else:
         was = change.before.plugin_ref
         moved = f"{was} -> {now.plugin_ref}" if was != now.plugin_ref else str(now.plugin_ref)
-        _say(f"target {name!r} updated: {moved} (revision {now.revision})")
+        _say(f"target {now.name!r} {verb}: {moved} (revision {now.revision})")
 
 
 @target.command("show")
@@ -418,14 +421,7 @@ def rollback_command(
     refused, unchanged, if someone changed the target meanwhile.
     """
     change = _handle(ctx).rollback(name, to_revision=to_revision, actor=actor, reason=reason)
-    now = change.target
-    if as_json:
-        _print_json({**_target_dict(now), "changed": change.changed})
-    elif not change.changed:
-        _say(f"target {name!r} already matches that revision; nothing changed")
-    else:
-        was = change.before.plugin_ref if change.before else None
-        _say(f"target {name!r} rolled back: {was} -> {now.plugin_ref} (revision {now.revision})")
+    _report_change(change, as_json, "rolled back")
 
 
 # plugin ------------------------------------------------------------------------------------

@@ -268,9 +268,7 @@ class ReleaseUnknownError(ReleaseFailedError):
         TurnoutError.__init__(
             self,
             f"release {release.id} to {release.target} with {release.plugin_ref} (key "
-            f"{release.idempotency_key!r}) may or may not have deployed: its runner stopped "
-            "mid-call and the plugin cannot be asked (no turnout_probe) nor safely called again "
-            f"(the target is not marked idempotent). Check whether {release.target} has "
-            f"{release.artifact}, then record it: turnout reconcile {release.id} --as "
-            "succeeded|failed",
+            f"{release.idempotency_key!r}) may or may not have deployed: {release.error}. "
+            f"Check whether {release.target} has {release.artifact}, then record it: "
+            f"turnout reconcile {release.id} --as succeeded|failed",
         )
