@@ -103,7 +103,7 @@ def test_cli_target_set_show_list_remove(run, tmp_path: Path) -> None:
     }
     assert (created["timeout"], created["max_attempts"], created["revision"]) == (5.0, 2, 1)
     shown = _json(run("target", "show", "site", "--json"))
-    assert shown == {k: v for k, v in created.items() if k != "changed"}
+    assert shown == {k: v for k, v in created.items() if k not in ("changed", "dry_run")}
     table = run("target", "show", "site")
     assert "echo@1.0.0" in table.stdout
     listed = run("target", "list")

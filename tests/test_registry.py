@@ -169,6 +169,7 @@ def test_target_set_creates_and_records_a_revision(tt: Turnout) -> None:
         "timeout": 60.0,
         "isolation": "process",
         "idempotent": False,
+        "routes": [],
     }
 
 

@@ -312,7 +312,14 @@ def test_release_stores_its_decision_record_and_later_changes_never_alter_it(
 ) -> None:
     echo_target(tt, calls_file)
     record = tt.release("site", "a.tgz", key="d-1")
-    decision = {"revision": 1, "rule": "target default", "bucket": None, "plugin": "echo@1.0.0"}
+    decision = {
+        "revision": 1,
+        "rule": "target default",
+        "route": None,
+        "bucket": None,
+        "key": None,
+        "plugin": "echo@1.0.0",
+    }
     assert record.decision == decision
     tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file), "x": 1})
     stored = tt.ledger.get(record.id)

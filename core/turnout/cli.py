@@ -32,6 +32,7 @@ from turnout.errors import (
 if TYPE_CHECKING:
     from turnout.registry import TargetChange, TargetSpec
     from turnout.releases import ReleaseRecord
+    from turnout.routing import Route
     from turnout.runtime import Turnout
 
 EXIT_CODES_HELP = """\b
@@ -100,6 +101,50 @@ def _handle(ctx: click.Context) -> Turnout:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 reason_option = click.option("--reason", default="", help="Why; kept in the target's history.")
 actor_option = click.option("--actor", help="Who; default $TURNOUT_ACTOR, else the OS user.")
+
+
+def edit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every routing change takes: compare-and-set, dry run, who and why."""
+    for option in reversed(
+        [
+            click.option(
+                "--expect-revision",
+                type=click.IntRange(min=0),
+                help="Refuse the edit unless the target is at this revision (0: it never existed).",
+            ),
+            click.option(
+                "--dry-run",
+                is_flag=True,
+                help="Check the change and show its blast radius (who, seen in recent "
+                "releases, would move to which version); write nothing.",
+            ),
+            click.option(
+                "--history",
+                "history",
+                default="30d",
+                show_default=True,
+                metavar="DURATION",
+                help="How far back --dry-run looks for customers and projects: 12h, 30d.",
+            ),
+            reason_option,
+            actor_option,
+            json_option,
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _edit_args(
+    expect_revision: int | None, dry_run: bool, history: str, reason: str, actor: str | None
+) -> dict[str, Any]:
+    return {
+        "expect_revision": expect_revision,
+        "dry_run": dry_run,
+        "history": _duration(history, "--history"),
+        "reason": reason,
+        "actor": actor,
+    }
 
 
 @click.group(
@@ -192,7 +237,12 @@ def _target_dict(target: TargetSpec) -> dict[str, Any]:
         "isolation": target.isolation,
         "idempotent": target.idempotent,
         "revision": target.revision,
+        "routes": [_route_dict(route) for route in target.routes],
     }
+
+
+def _route_dict(route: Route) -> dict[str, Any]:
+    return {**route.to_dict(), "rule": route.rule, "describe": route.describe()}
 
 
 @cli.group()
@@ -231,14 +281,7 @@ def target() -> None:
     "mid-call, when the plugin has no turnout_probe (default: not; the release is then "
     "recorded 'unknown' for a human to check).",
 )
-@click.option(
-    "--expect-revision",
-    type=click.IntRange(min=0),
-    help="Refuse the edit unless the target is at this revision (0: it never existed).",
-)
-@reason_option
-@actor_option
-@json_option
+@edit_options
 @click.pass_context
 def target_set(
     ctx: click.Context,
@@ -251,14 +294,16 @@ def target_set(
     isolation: str | None,
     idempotent: bool | None,
     expect_revision: int | None,
+    dry_run: bool,
+    history: str,
     reason: str,
     actor: str | None,
     as_json: bool,
 ) -> None:
-    """Create target NAME or point it at PLUGIN@VERSION (an exact pin such as directory@1.0.0).
+    """Create target NAME or point its default at PLUGIN@VERSION (an exact pin: directory@1.0.0).
 
     Refused, with the target left as it was, when the version is not installed or the plugin
-    rejects the config. Options not given keep the target's current values.
+    rejects the config. Options not given keep the target's current values; routes stay.
     """
     change = _handle(ctx).set_target(
         name,
@@ -268,18 +313,21 @@ def target_set(
         timeout=timeout,
         isolation=isolation,
         idempotent=idempotent,
-        expect_revision=expect_revision,
-        actor=actor,
-        reason=reason,
+        **_edit_args(expect_revision, dry_run, history, reason, actor),
     )
     _report_change(change, as_json, "updated")
 
 
 def _report_change(change: TargetChange, as_json: bool, verb: str) -> None:
-    """What a target edit did: JSON on stdout, or one line on stderr."""
+    """What a target edit did (or, dry, would do): JSON on stdout, or lines on stderr."""
     now = change.target
     if as_json:
-        _print_json({**_target_dict(now), "changed": change.changed})
+        data = {**_target_dict(now), "changed": change.changed, "dry_run": change.dry_run}
+        if change.moves is not None:
+            data["moves"] = [move.to_dict() for move in change.moves]
+        _print_json(data)
+    elif change.dry_run:
+        _report_plan(change)
     elif not change.changed:
         _say(f"target {now.name!r} already is {now.plugin_ref} with that config; nothing changed")
     elif change.before is None:
@@ -290,12 +338,50 @@ def _report_change(change: TargetChange, as_json: bool, verb: str) -> None:
         _say(f"target {now.name!r} {verb}: {moved} (revision {now.revision})")
 
 
+def _report_plan(change: TargetChange) -> None:
+    """A dry run: what would change, and the blast radius, on stderr and stdout."""
+    from turnout.registry import changes
+
+    before = change.before.snapshot() if change.before else None
+    diff = changes(before, change.target.snapshot())
+    if not change.changed:
+        _say(f"dry run: target {change.target.name!r} would not change")
+        return
+    _say(f"dry run: target {change.target.name!r} would become revision {change.target.revision}")
+    for field, (old, new) in diff.items():
+        _say(f"  {field}: {json.dumps(old)} -> {json.dumps(new)}")
+    moves = change.moves or []
+    if not moves:
+        _say("nobody seen in the release history would get another version; nothing was written")
+        return
+    _print_table(
+        "blast radius (releases seen in the history window)",
+        ["from", "to", "contexts", "customers", "projects"],
+        [
+            (
+                m.before or "(none)",
+                m.after or "(none)",
+                m.contexts,
+                _some(sorted(m.customers)),
+                _some(sorted(m.projects)),
+            )
+            for m in moves
+        ],
+    )
+    _say("dry run: nothing was written")
+
+
+def _some(values: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(values[:limit])
+    return f"{shown} (+{len(values) - limit} more)" if len(values) > limit else shown
+
+
 @target.command("show")
 @click.argument("name")
 @json_option
 @click.pass_context
 def target_show(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Show one target."""
+    """Show one target, with its routes."""
     spec = _handle(ctx).registry.get_target(name)
     if as_json:
         _print_json(_target_dict(spec))
@@ -303,7 +389,9 @@ def target_show(ctx: click.Context, name: str, as_json: bool) -> None:
     rows = [
         (key, json.dumps(value) if key == "config" else value)
         for key, value in _target_dict(spec).items()
+        if key != "routes"
     ]
+    rows += [(f"route {route.id}", route.describe()) for route in spec.routes]
     _print_table(None, ["field", "value"], rows)
 
 
@@ -403,25 +491,342 @@ def history_command(ctx: click.Context, name: str, as_json: bool) -> None:
     type=click.IntRange(min=1),
     help="The revision to copy (default: the one before the current).",
 )
-@reason_option
-@actor_option
-@json_option
+@edit_options
 @click.pass_context
 def rollback_command(
     ctx: click.Context,
     name: str,
     to_revision: int | None,
+    expect_revision: int | None,
+    dry_run: bool,
+    history: str,
     reason: str,
     actor: str | None,
     as_json: bool,
 ) -> None:
-    """Restore an earlier revision of a target, as a new revision (history is never rewritten).
+    """Restore an earlier revision of a target, routes included, as a new revision.
 
-    The restored plugin version must still be installed and accept the config; the edit is
-    refused, unchanged, if someone changed the target meanwhile.
+    History is never rewritten. Every plugin version the restored routing names must still be
+    installed and accept the config; the edit is refused, unchanged, if someone changed the
+    target meanwhile.
     """
-    change = _handle(ctx).rollback(name, to_revision=to_revision, actor=actor, reason=reason)
+    change = _handle(ctx).rollback(
+        name,
+        to_revision=to_revision,
+        **_edit_args(expect_revision, dry_run, history, reason, actor),
+    )
     _report_change(change, as_json, "rolled back")
+
+
+# route, resolve, plan ----------------------------------------------------------------------
+
+
+def _selector_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for name in reversed(("customer", "project", "plan", "channel")):
+        command = click.option(
+            f"--{name}",
+            f"{name}s",
+            multiple=True,
+            metavar="VALUE",
+            help=f"Select releases whose context has this {name} (repeatable: any of them).",
+        )(command)
+    return command
+
+
+def _selector(
+    customers: Sequence[str], projects: Sequence[str], plans: Sequence[str], channels: Sequence[str]
+) -> tuple[str | None, tuple[str, ...]]:
+    given = [
+        (name, tuple(values))
+        for name, values in (
+            ("customer", customers),
+            ("project", projects),
+            ("plan", plans),
+            ("channel", channels),
+        )
+        if values
+    ]
+    if len(given) > 1:
+        raise UsageError(
+            "a route selects on one attribute: give --customer, --project, --plan or "
+            "--channel (repeat it for several values), not several of them"
+        )
+    return given[0] if given else (None, ())
+
+
+@cli.group()
+def route() -> None:
+    """Routes: send some releases of a target to another plugin version.
+
+    \b
+    Resolution order, first match wins:
+      1. customer, then project pin      turnout route add web --customer acme --to …
+      2. plan, then channel rule         turnout route add web --plan free --to …
+      3. weighted split on everyone      turnout route split web --to a@2=10 --to a@1=90
+      4. the target's default            turnout target set web a@1
+    Every change writes a revision (turnout history); --dry-run previews who would move.
+    """
+
+
+@route.command("add")
+@click.argument("target_name", metavar="TARGET")
+@_selector_options
+@click.option("--to", "to", required=True, metavar="PLUGIN@VERSION", help="Where it goes.")
+@edit_options
+@click.pass_context
+def route_add(
+    ctx: click.Context,
+    target_name: str,
+    customers: tuple[str, ...],
+    projects: tuple[str, ...],
+    plans: tuple[str, ...],
+    channels: tuple[str, ...],
+    to: str,
+    expect_revision: int | None,
+    dry_run: bool,
+    history: str,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Send TARGET's releases for a customer, project, plan or channel to PLUGIN@VERSION.
+
+    The same selector again re-points its route. Refused, unchanged, when the version is not
+    installed or rejects the target's config, or when another route already selects a value.
+    """
+    selector, values = _selector(customers, projects, plans, channels)
+    if selector is None:
+        raise UsageError("say what the route selects: --customer, --project, --plan or --channel")
+    change = _handle(ctx).add_route(
+        target_name,
+        selector,
+        values,
+        to,
+        **_edit_args(expect_revision, dry_run, history, reason, actor),
+    )
+    _report_routes(change, as_json)
+
+
+def _parse_weights(pairs: Sequence[str]) -> list[tuple[str, float]]:
+    weights = []
+    for pair in pairs:
+        ref, eq, weight = pair.rpartition("=")
+        try:
+            weights.append((ref, float(weight)))
+        except ValueError:
+            eq = ""
+        if not eq or not ref:
+            raise UsageError(f"--to expects PLUGIN@VERSION=WEIGHT (a percentage), got {pair!r}")
+    return weights
+
+
+@route.command("split")
+@click.argument("target_name", metavar="TARGET")
+@click.option(
+    "--to",
+    "pairs",
+    multiple=True,
+    required=True,
+    metavar="PLUGIN@VERSION=WEIGHT",
+    help="A ref and its percentage (repeat; the weights add up to 100).",
+)
+@click.option(
+    "--key",
+    default="customer",
+    show_default=True,
+    help="The context attribute that keeps each release on its side of the split.",
+)
+@_selector_options
+@edit_options
+@click.pass_context
+def route_split(
+    ctx: click.Context,
+    target_name: str,
+    pairs: tuple[str, ...],
+    key: str,
+    customers: tuple[str, ...],
+    projects: tuple[str, ...],
+    plans: tuple[str, ...],
+    channels: tuple[str, ...],
+    expect_revision: int | None,
+    dry_run: bool,
+    history: str,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Split TARGET's releases between versions by weight: a sticky canary.
+
+    Each value of --key hashes into one of 2^32 buckets with a salt of the route's own, so a
+    customer stays on its side. Run it again with new weights to ramp: only the buckets of
+    versions that shrink move, to versions that grow. Without a selector the split covers
+    everyone no pin or rule matched; releases without the key fall through to the default.
+    """
+    selector, values = _selector(customers, projects, plans, channels)
+    change = _handle(ctx).split(
+        target_name,
+        _parse_weights(pairs),
+        key=key,
+        selector=selector,
+        values=values,
+        **_edit_args(expect_revision, dry_run, history, reason, actor),
+    )
+    _report_routes(change, as_json)
+
+
+@route.command("remove")
+@click.argument("target_name", metavar="TARGET")
+@click.argument("route_id", required=False, metavar="[ROUTE]")
+@_selector_options
+@click.option("--split", "the_split", is_flag=True, help="Remove the split on everyone.")
+@edit_options
+@click.pass_context
+def route_remove(
+    ctx: click.Context,
+    target_name: str,
+    route_id: str | None,
+    customers: tuple[str, ...],
+    projects: tuple[str, ...],
+    plans: tuple[str, ...],
+    channels: tuple[str, ...],
+    the_split: bool,
+    expect_revision: int | None,
+    dry_run: bool,
+    history: str,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Remove a route of TARGET: by its id (see route list), by one value it selects, or --split.
+
+    Releases it matched go back to the next rule, or to the target's default.
+    """
+    selector, values = _selector(customers, projects, plans, channels)
+    asked = (route_id is not None) + (selector is not None) + the_split
+    if asked != 1 or len(values) > 1:
+        raise UsageError(
+            "name one route: its id (turnout route list TARGET), one selector value such as "
+            "--customer acme, or --split"
+        )
+    change = _handle(ctx).remove_route(
+        target_name,
+        route_id,
+        selector=selector,
+        value=values[0] if values else None,
+        **_edit_args(expect_revision, dry_run, history, reason, actor),
+    )
+    _report_routes(change, as_json)
+
+
+def _report_routes(change: TargetChange, as_json: bool) -> None:
+    if as_json or change.dry_run:
+        _report_change(change, as_json, "")
+        return
+    now = change.target
+    if not change.changed:
+        _say(f"target {now.name!r}: the routes already are so; nothing changed")
+        return
+    _say(f"target {now.name!r} routes changed (revision {now.revision})")
+    _print_routes(now)
+
+
+def _print_routes(spec: TargetSpec) -> None:
+    rows = [(r.id, r.rule, r.describe()) for r in spec.routes]
+    rows.append(("", "target default", f"everyone else -> {spec.plugin_ref}"))
+    _print_table(
+        f"routes of {spec.name} at revision {spec.revision}", ["route", "rule", "sends"], rows
+    )
+
+
+@route.command("list")
+@click.argument("target_name", metavar="TARGET")
+@json_option
+@click.pass_context
+def route_list(ctx: click.Context, target_name: str, as_json: bool) -> None:
+    """List TARGET's routes in the order they are tried, then its default."""
+    spec = _handle(ctx).registry.get_target(target_name)
+    if as_json:
+        _print_json(
+            {
+                "target": spec.name,
+                "revision": spec.revision,
+                "default": str(spec.plugin_ref),
+                "routes": [_route_dict(route) for route in spec.routes],
+            }
+        )
+        return
+    _print_routes(spec)
+
+
+@cli.command("resolve")
+@click.argument("target_name", metavar="TARGET")
+@click.option(
+    "--context",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Request attribute (repeatable): customer, plan, project, channel, …",
+)
+@json_option
+@click.pass_context
+def resolve_command(
+    ctx: click.Context, target_name: str, pairs: tuple[str, ...], as_json: bool
+) -> None:
+    """Show which plugin version a release to TARGET with this context would get, and why.
+
+    The same decision a release makes: the matched rule, the split bucket, the revision.
+    """
+    decision = _handle(ctx).resolve(target_name, _parse_context(pairs))
+    record = decision.record()
+    if as_json:
+        _print_json({"target": target_name, **record})
+        return
+    rows: list[tuple[str, Any]] = [
+        ("plugin", record["plugin"]),
+        ("rule", record["rule"]),
+        ("route", record["route"]),
+        ("revision", record["revision"]),
+    ]
+    if record["bucket"] is not None:
+        share = record["bucket"] / 2**32
+        rows.append(("bucket", f"{record['bucket']} of 2^32 ({share:.2%}) by {record['key']}"))
+    _print_table(None, ["field", "value"], rows)
+
+
+@cli.command(
+    "plan",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def plan_command(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Preview a routing change: run COMMAND as a dry run and show its blast radius.
+
+    \b
+    COMMAND is any routing change, with its options:
+      turnout plan route split web --to echo@2.0.0=10 --to echo@1.0.0=90
+      turnout plan route add web --plan free --to echo@2.0.0
+      turnout plan target set web echo@1.1.0
+      turnout plan rollback web
+    It shows which customers and projects seen in the last 30 days of releases (--history)
+    would move from which version to which. Nothing is written.
+    """
+    changes: set[tuple[str, ...]] = {("route", "add"), ("route", "split"), ("route", "remove")}
+    changes |= {("target", "set"), ("rollback",)}
+    if not command or command[0] in ("-h", "--help"):
+        click.echo(ctx.get_help())
+        return
+    if tuple(command[:2]) not in changes and tuple(command[:1]) not in changes:
+        raise UsageError(
+            f"turnout plan previews a routing change (route add|split|remove, target set, "
+            f"rollback), not {' '.join(command[:2])!r}"
+        )
+    root = ctx.find_root()
+    args = [*command, "--dry-run"]
+    sub_ctx = cli.make_context("turnout", args, parent=root, obj=root.obj)
+    with sub_ctx:
+        cli.invoke(sub_ctx)
 
 
 # plugin ------------------------------------------------------------------------------------
@@ -782,7 +1187,7 @@ def releases_show(ctx: click.Context, release_id: str, as_json: bool) -> None:
 # reconcile and replay ------------------------------------------------------------------------
 
 
-def _duration(text: str) -> timedelta:
+def _duration(text: str, option: str = "--since") -> timedelta:
     """``90s``, ``20m``, ``1h``, ``2d`` (or a bare number of minutes) as a timedelta."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "m")
@@ -790,10 +1195,10 @@ def _duration(text: str) -> timedelta:
         amount = float(value)
     except ValueError:
         raise UsageError(
-            f"--since expects a duration such as 20m, 1h or 90s, got {text!r}"
+            f"{option} expects a duration such as 20m, 1h or 90s, got {text!r}"
         ) from None
     if amount <= 0:
-        raise UsageError("--since must be positive")
+        raise UsageError(f"{option} must be positive")
     return timedelta(**{units[unit]: amount})
 
 

@@ -55,7 +55,10 @@ class PluginVersion(SQLModel, table=True):
 
 
 class Target(SQLModel, table=True):
-    """A named release destination: its default plugin ref, config and policy.
+    """A named release destination: its default plugin ref, config, policy and routes.
+
+    ``routes`` is the ordered list of overrides (see :mod:`turnout.routing`), stored with the
+    target so that one revision fixes its whole routing.
 
     ``idempotent`` is the operators' word that the plugin may be called again with the same key
     after a runner died mid-call, when it has no ``turnout_probe`` to ask.
@@ -71,6 +74,10 @@ class Target(SQLModel, table=True):
     timeout: float
     isolation: str = Field(default="process", sa_column_kwargs={"server_default": "process"})
     idempotent: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    routes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        sa_column=Column(JSON, nullable=False, server_default=sa.text("'[]'")),
+    )
     revision: int
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()

@@ -21,6 +21,7 @@ from turnout import _db
 from turnout.errors import StaleRevisionError, UnknownTargetError
 from turnout.models import PluginVersion, Target, TargetRevision, utcnow
 from turnout.refs import PluginRef
+from turnout.routing import Move, Route, all_refs, parse_routes, route_dicts
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT = 60.0
@@ -42,9 +43,10 @@ class TargetSpec:
     isolation: str
     revision: int
     idempotent: bool = False
+    routes: tuple[Route, ...] = ()
 
     def snapshot(self) -> dict[str, Any]:
-        """The target as stored in its revision history."""
+        """The target as stored in its revision history: its whole routing."""
         return {
             "plugin": str(self.plugin_ref),
             "config": self.config,
@@ -52,16 +54,23 @@ class TargetSpec:
             "timeout": self.timeout,
             "isolation": self.isolation,
             "idempotent": self.idempotent,
+            "routes": route_dicts(self.routes),
         }
 
 
 @dataclass(frozen=True, slots=True)
 class TargetChange:
-    """The outcome of a ``set``: the target now, and what it was (``None`` if new)."""
+    """The outcome of an edit: the target now, and what it was (``None`` if new).
+
+    For a dry run, ``target`` is what the edit would write, nothing was written, and ``moves``
+    is its blast radius: who, seen in recent releases, would get another plugin version.
+    """
 
     target: TargetSpec
     before: TargetSpec | None
     changed: bool = field(default=True)
+    moves: list[Move] | None = None
+    dry_run: bool = False
 
 
 _TARGETS = Target.__table__  # type: ignore[attr-defined]
@@ -69,13 +78,17 @@ _TARGET_BY_NAME = sa.select(_TARGETS).where(_TARGETS.c.name == sa.bindparam("nam
 
 
 def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:
-    """What a revision changed: ``{field: [before, after]}``, config keys as ``config.KEY``."""
+    """What a revision changed: ``{field: [before, after]}``.
+
+    Config keys read as ``config.KEY`` and routes as ``route.ID``, described in words.
+    """
 
     def flat(snapshot: dict[str, Any] | None) -> dict[str, Any]:
         if snapshot is None:
             return {}
-        fields = {k: v for k, v in snapshot.items() if k != "config"}
+        fields = {k: v for k, v in snapshot.items() if k not in ("config", "routes")}
         fields |= {f"config.{k}": v for k, v in (snapshot.get("config") or {}).items()}
+        fields |= {f"route.{r.id}": r.describe() for r in parse_routes(snapshot.get("routes"))}
         return fields
 
     old, new = flat(before), flat(after)
@@ -104,6 +117,7 @@ def _spec(row: Target) -> TargetSpec:
         isolation=row.isolation,
         revision=row.revision,
         idempotent=row.idempotent,
+        routes=parse_routes(row.routes),
     )
 
 
@@ -177,16 +191,7 @@ class Registry:
             row = conn.execute(_TARGET_BY_NAME, {"name": name}).one_or_none()
         if row is None:
             raise UnknownTargetError(name)
-        return TargetSpec(
-            name=row.name,
-            plugin_ref=PluginRef(row.plugin_id, row.plugin_version),
-            config=dict(row.config),
-            max_attempts=row.max_attempts,
-            timeout=row.timeout,
-            isolation=row.isolation,
-            revision=row.revision,
-            idempotent=row.idempotent,
-        )
+        return _spec(row)  # type: ignore[arg-type]
 
     def list_targets(self) -> list[TargetSpec]:
         """Every target, by name."""
@@ -203,11 +208,12 @@ class Registry:
         timeout: float | None = None,
         isolation: str | None = None,
         idempotent: bool | None = None,
+        routes: tuple[Route, ...] | None = None,
         expect_revision: int | None = None,
         actor: str,
         reason: str,
     ) -> TargetChange:
-        """Create or change a target and record the new revision.
+        """Create or change a target or its routes and record the new revision.
 
         Options left as ``None`` keep the target's current value (or the default for a new
         target). A change that alters nothing writes nothing. ``expect_revision`` makes it a
@@ -242,6 +248,7 @@ class Registry:
                     timeout=timeout or DEFAULT_TIMEOUT,
                     isolation=isolation or DEFAULT_ISOLATION,
                     idempotent=bool(idempotent),
+                    routes=route_dicts(routes or ()),
                     revision=(last or 0) + 1,
                     created_at=now,
                     updated_at=now,
@@ -253,6 +260,7 @@ class Registry:
                 new_timeout = before.timeout if timeout is None else timeout
                 new_isolation = before.isolation if isolation is None else isolation
                 new_idempotent = before.idempotent if idempotent is None else idempotent
+                new_routes = route_dicts(before.routes if routes is None else routes)
                 proposed = {
                     "plugin": str(plugin_ref),
                     "config": new_config,
@@ -260,6 +268,7 @@ class Registry:
                     "timeout": new_timeout,
                     "isolation": new_isolation,
                     "idempotent": new_idempotent,
+                    "routes": new_routes,
                 }
                 if proposed == before.snapshot():
                     return TargetChange(before, before, changed=False)
@@ -270,6 +279,7 @@ class Registry:
                 row.timeout = new_timeout
                 row.isolation = new_isolation
                 row.idempotent = new_idempotent
+                row.routes = new_routes
                 row.revision += 1
                 row.updated_at = now
             s.add(row)
@@ -390,8 +400,9 @@ class Registry:
                 s.delete(row)
 
     def targets_by_plugin(self) -> dict[str, list[str]]:
-        """Target names keyed by the plugin ref they point to."""
+        """Target names keyed by each plugin ref they point to, by default or in a route."""
         users: dict[str, list[str]] = {}
         for target in self.list_targets():
-            users.setdefault(str(target.plugin_ref), []).append(target.name)
+            for ref in all_refs(target):
+                users.setdefault(str(ref), []).append(target.name)
         return users

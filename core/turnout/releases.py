@@ -39,10 +39,11 @@ from turnout.errors import (
     TransientReleaseError,
     UsageError,
 )
-from turnout.models import Release, utcnow
+from turnout.models import Release, Target, utcnow
 from turnout.refs import PluginRef
 
 TABLE: sa.Table = Release.__table__  # type: ignore[attr-defined]
+_TARGETS: sa.Table = Target.__table__  # type: ignore[attr-defined]
 log = logging.getLogger("turnout.releases")
 
 DEFAULT_LEASE = 60.0
@@ -249,6 +250,19 @@ class ReleaseRecord:
         )
 
 
+class RoutingMovedError(Exception):
+    """The target's routing is no longer at the revision a release was resolved under.
+
+    Raised by :meth:`Ledger.claim` instead of claiming; nothing was written. The caller
+    refreshes its routing snapshot and resolves again.
+    """
+
+    def __init__(self, target: str, revision: int | None) -> None:
+        self.target = target
+        self.revision = revision
+        super().__init__(f"target {target!r} is now at revision {revision}")
+
+
 @dataclass(slots=True)
 class Claim:
     """This caller's hold on a release: the row's id and the fencing token of its writes."""
@@ -297,6 +311,7 @@ class Ledger:
         self._by_target_key = TABLE.select().where(
             TABLE.c.target == sa.bindparam("t"), TABLE.c.idempotency_key == sa.bindparam("k")
         )
+        self._revision = sa.select(_TARGETS.c.revision).where(_TARGETS.c.name == sa.bindparam("t"))
 
     def claim(
         self,
@@ -309,8 +324,13 @@ class Ledger:
         context: dict[str, str],
         replay_of: str | None = None,
         decision: dict[str, Any] | None = None,
+        revision: int | None = None,
     ) -> Claim | ReleaseRecord:
         """Insert the release row for (target, key), committed before any plugin code runs.
+
+        With ``revision``, the claim is made only if the target is still at that routing
+        revision, checked in the same transaction: a release never records a decision taken
+        under routing that had already changed.
 
         Returns:
             A :class:`Claim` when this caller must act: a new release (its first attempt
@@ -321,6 +341,7 @@ class Ledger:
         Raises:
             KeyMismatchError: The key was used for a different request.
             ReleaseInProgressError: The key's release is held under a live lease.
+            RoutingMovedError: The target is no longer at ``revision``; nothing was written.
         """
         now = self.clock()
         values: dict[str, Any] = {
@@ -343,6 +364,10 @@ class Ledger:
         with _db.translate_errors(self.engine.url):
             try:
                 with self.engine.begin() as conn:
+                    if revision is not None:
+                        now_at = conn.execute(self._revision, {"t": target}).scalar()
+                        if now_at != revision:
+                            raise RoutingMovedError(target, now_at)
                     conn.execute(self._insert, values)
                 return Claim(values["id"], values["token"], values)
             except sa.exc.IntegrityError:
@@ -505,6 +530,19 @@ class Ledger:
         with _db.reader(self.engine) as conn:
             rows = conn.execute(query).mappings().all()
         return [ReleaseRecord.from_row(row) for row in rows]
+
+    def contexts(self, target: str, *, since: datetime) -> list[dict[str, str]]:
+        """The distinct contexts of the releases to ``target`` started since ``since``."""
+        query = (
+            sa.select(TABLE.c.context)
+            .where(TABLE.c.target == target, TABLE.c.started_at >= since)
+            .order_by(TABLE.c.started_at)
+        )
+        seen: dict[str, dict[str, str]] = {}
+        with _db.reader(self.engine) as conn:
+            for (context,) in conn.execute(query):
+                seen.setdefault(json.dumps(context, sort_keys=True), context)
+        return list(seen.values())
 
     def abandoned(self, *, target: str | None = None) -> list[ReleaseRecord]:
         """Releases whose runner's lease expired mid-flight, and those left ``unknown``."""

@@ -8,9 +8,11 @@ record the outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import logging
 import os
+import random
 import sys
 import threading
 import time
@@ -32,6 +34,7 @@ from turnout.errors import (
     LeaseLostError,
     PluginInstallError,
     PluginNotInstalledError,
+    StaleRevisionError,
     TurnoutError,
     UnknownTargetError,
     UsageError,
@@ -54,10 +57,23 @@ from turnout.releases import (
     Claim,
     Ledger,
     ReleaseRecord,
+    RoutingMovedError,
     Status,
     fingerprint,
     validate_context,
     validate_key,
+)
+from turnout.routing import (
+    DEFAULT_SPLIT_KEY,
+    Decision,
+    Route,
+    Router,
+    all_refs,
+    blast_radius,
+    find_route,
+    parse_routes,
+    with_route,
+    without_route,
 )
 from turnout.store import InstallRequest, Store, StorePlugin
 from turnout.worker import WorkerError, WorkerReleaser, WorkerSpec
@@ -68,6 +84,9 @@ REPLAY_STATUSES = (Status.FAILED, Status.TIMED_OUT, Status.UNKNOWN)
 ACTOR_ENV = "TURNOUT_ACTOR"
 LEASE_ENV = "TURNOUT_LEASE_SECONDS"
 OUTPUT_LIMIT = 64 << 10
+ROUTING_RETRIES = 5
+EDIT_RETRIES = 20
+PLAN_HISTORY = timedelta(days=30)
 
 
 def default_actor() -> str:
@@ -118,7 +137,8 @@ class Turnout:
         self.store = Store(home)
         self._sleep = sleep
         self._releasers: dict[tuple[PluginRef, str], Releaser] = {}
-        self._validated: set[tuple[str, int]] = set()
+        self._validated: set[tuple[str, int, PluginRef]] = set()
+        self._routing: dict[str, Router] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -170,36 +190,45 @@ class Turnout:
         if not isinstance(artifact, str) or not artifact:
             raise UsageError("artifact must be a non-empty path or URL")
         ctx = validate_context(context)
-        spec = self.registry.get_target(target)
-        print_ = fingerprint(spec.name, artifact, spec.plugin_ref, spec.config, ctx)
-        try:
-            releaser = self._releaser(spec.plugin_ref, spec.isolation)
-            if (spec.name, spec.revision) not in self._validated:
-                # Once per target revision and process: a revision fixes plugin and config.
-                self._validate(releaser, spec, spec.config)
-                self._validated.add((spec.name, spec.revision))
-            config, secrets = _secrets.resolve(spec.config)
-        except ConfigurationError:
-            # A key that was already released still answers with its outcome.
-            earlier = self.ledger.find(spec.name, key)
-            if earlier is None or not earlier.status.terminal or earlier.fingerprint != print_:
-                raise
-            return earlier.raise_for_status()
-        outcome = self.ledger.claim(
-            target=spec.name,
-            key=key,
-            fingerprint=print_,
-            plugin_ref=spec.plugin_ref,
-            artifact=artifact,
-            context=ctx,
-            replay_of=replay_of,
-            decision={
-                "revision": spec.revision,
-                "rule": "target default",
-                "bucket": None,
-                "plugin": str(spec.plugin_ref),
-            },
-        )
+        for _ in range(ROUTING_RETRIES):
+            router = self._router(target)
+            spec, decision = router.spec, router.resolve(ctx)
+            ref = decision.plugin_ref
+            print_ = fingerprint(spec.name, artifact, ref, spec.config, ctx)
+            try:
+                releaser = self._releaser(ref, spec.isolation)
+                if (spec.name, spec.revision, ref) not in self._validated:
+                    # Once per target revision, ref and process: a revision fixes the config.
+                    self._validate(releaser, spec, ref)
+                    self._validated.add((spec.name, spec.revision, ref))
+                config, secrets = _secrets.resolve(spec.config)
+            except ConfigurationError:
+                # A key that was already released still answers with its outcome.
+                earlier = self.ledger.find(spec.name, key)
+                if earlier is None or not earlier.status.terminal or earlier.fingerprint != print_:
+                    raise
+                return earlier.raise_for_status()
+            try:
+                outcome = self.ledger.claim(
+                    target=spec.name,
+                    key=key,
+                    fingerprint=print_,
+                    plugin_ref=ref,
+                    artifact=artifact,
+                    context=ctx,
+                    replay_of=replay_of,
+                    decision=decision.record(),
+                    revision=spec.revision,
+                )
+            except RoutingMovedError as moved:
+                self._routing.pop(spec.name, None)  # resolve again under the new revision
+                if moved.revision is None:
+                    raise UnknownTargetError(spec.name) from None
+                stale = StaleRevisionError(spec.name, spec.revision, moved.revision)
+                continue
+            break
+        else:
+            raise stale  # the routing changed under every try: let the runner retry later
         if isinstance(outcome, ReleaseRecord):
             log.info("release %s: key %r already released; nothing ran", outcome.id, key)
             return outcome.raise_for_status()
@@ -207,6 +236,27 @@ class Turnout:
         with self.ledger.hold(outcome):
             record = run.reconcile() if outcome.takeover else run.run()
         return record.raise_for_status()
+
+    def _router(self, name: str) -> Router:
+        """The routing snapshot's entry for ``name``, read from the registry on first use.
+
+        The ledger's claim checks the entry's revision in its own transaction, and the entry
+        is dropped and read again when the target moved on: a release never loads routes
+        through the ORM, and never records a decision under superseded routing.
+        """
+        router = self._routing.get(name)
+        if router is None:
+            router = self._routing[name] = Router(self.registry.get_target(name))
+        return router
+
+    def resolve(self, target: str, context: Mapping[str, str] | None = None) -> Decision:
+        """The plugin ref a release to ``target`` with ``context`` gets now, and why.
+
+        Reads the target's current revision from the registry (and refreshes the snapshot).
+        """
+        ctx = validate_context(context)
+        self._routing.pop(target, None)
+        return self._router(target).resolve(ctx)
 
     def _releaser(self, ref: PluginRef, isolation: str) -> Releaser:
         """The loaded releaser for ``ref``: found through the registry, never by a scan."""
@@ -297,11 +347,11 @@ class Turnout:
         )
 
     @staticmethod
-    def _validate(releaser: Releaser, spec: TargetSpec, config: Mapping[str, Any]) -> None:
+    def _validate(releaser: Releaser, spec: TargetSpec, ref: PluginRef) -> None:
         try:
-            releaser.validate_config(config, timeout=spec.timeout)
+            releaser.validate_config(spec.config, timeout=spec.timeout)
         except ValueError as exc:
-            raise ConfigRejectedError(str(spec.plugin_ref), str(exc), spec.name) from exc
+            raise ConfigRejectedError(str(ref), str(exc), spec.name) from exc
 
     # Reconciling and replaying -------------------------------------------------------------
 
@@ -371,14 +421,17 @@ class Turnout:
         release once, and replaying after another fix (a new revision) runs it again.
         """
         replays = []
+        for target in {original.target for original in originals}:
+            self._routing.pop(target, None)  # the mapping in force now, read once per target
         for original in originals:
             try:
-                spec = self.registry.get_target(original.target)
+                router = self._router(original.target)
             except UnknownTargetError as exc:
                 item = Replay(original, None, None, None, exc)
             else:
-                key = f"replay.{original.id}.r{spec.revision}"
-                item = Replay(original, key, str(spec.plugin_ref), None, None)
+                key = f"replay.{original.id}.r{router.spec.revision}"
+                ref = router.resolve(original.context).plugin_ref
+                item = Replay(original, key, str(ref), None, None)
                 if not dry_run:
                     try:
                         item.record = self.release(
@@ -407,15 +460,15 @@ class Turnout:
         timeout: float | None = None,
         isolation: str | None = None,
         idempotent: bool | None = None,
-        expect_revision: int | None = None,
-        actor: str | None = None,
-        reason: str = "",
+        **edit: Any,
     ) -> TargetChange:
         """Point a target at an installed plugin version, after the plugin accepts its config.
 
         Refused, with the row left as it was, when the ref is not an exact pin, the version is
         not installed (in the store, or in turnout's environment for inline isolation), its
-        code does not load, or its ``turnout_validate_config`` rejects the config.
+        code does not load, or its ``turnout_validate_config`` rejects the config (checked
+        with every version the target's routes name, when the config or isolation changes).
+        Takes the keyword arguments of :meth:`edit_target`.
         """
         ref = plugin if isinstance(plugin, PluginRef) else PluginRef.parse(plugin)
         if max_attempts is not None and max_attempts < 1:
@@ -426,48 +479,104 @@ class Turnout:
             raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}")
         if not name or len(name) > 200 or not name.isprintable() or name.strip() != name:
             raise UsageError(f"invalid target name {name!r}")
-        try:
-            current: TargetSpec | None = self.registry.get_target(name)
-        except UnknownTargetError:
-            current = None
-        proposed = TargetSpec(
-            name=name,
-            plugin_ref=ref,
-            config=config if config is not None else (current.config if current else {}),
-            max_attempts=max_attempts
-            or (current.max_attempts if current else DEFAULT_MAX_ATTEMPTS),
-            timeout=timeout or (current.timeout if current else DEFAULT_TIMEOUT),
-            isolation=isolation or (current.isolation if current else DEFAULT_ISOLATION),
-            revision=0,
-        )
-        releaser = self._releaser(ref, proposed.isolation)
-        self._validate(releaser, proposed, proposed.config)
-        return self.registry.set_target(
-            name,
-            ref,
-            config=config,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            isolation=isolation,
-            idempotent=idempotent,
-            expect_revision=expect_revision,
-            actor=actor or default_actor(),
-            reason=reason,
-        )
 
-    def rollback(
+        def change(current: TargetSpec | None) -> TargetSpec:
+            return TargetSpec(
+                name=name,
+                plugin_ref=ref,
+                config=config if config is not None else (current.config if current else {}),
+                max_attempts=max_attempts
+                or (current.max_attempts if current else DEFAULT_MAX_ATTEMPTS),
+                timeout=timeout or (current.timeout if current else DEFAULT_TIMEOUT),
+                isolation=isolation or (current.isolation if current else DEFAULT_ISOLATION),
+                idempotent=idempotent
+                if idempotent is not None
+                else (current.idempotent if current else False),
+                revision=current.revision if current else 0,
+                routes=current.routes if current else (),
+            )
+
+        return self.edit_target(name, change, **edit)
+
+    def add_route(
         self,
         name: str,
-        *,
-        to_revision: int | None = None,
-        actor: str | None = None,
-        reason: str = "",
+        selector: str,
+        values: str | Sequence[str],
+        plugin: str | PluginRef,
+        **edit: Any,
     ) -> TargetChange:
+        """Send releases whose context has ``selector`` in ``values`` to ``plugin``.
+
+        The same selector with the same values re-points that route; a value another route
+        already selects is refused. Takes the keyword arguments of :meth:`edit_target`.
+        """
+        ref = plugin if isinstance(plugin, PluginRef) else PluginRef.parse(plugin)
+        values = (values,) if isinstance(values, str) else tuple(values)
+        return self.edit_target(
+            name,
+            _routes_edit(name, lambda routes: with_route(routes, selector, values, to=ref)),
+            **edit,
+        )
+
+    def split(
+        self,
+        name: str,
+        weights: Sequence[tuple[str | PluginRef, float]] | Mapping[str, float],
+        *,
+        key: str = DEFAULT_SPLIT_KEY,
+        selector: str | None = None,
+        values: str | Sequence[str] = (),
+        **edit: Any,
+    ) -> TargetChange:
+        """Split releases between refs by weight (percentages adding up to 100), sticky on ``key``.
+
+        Without a selector the split applies to everyone no pin or rule matched; with one, to
+        what it selects. Changing the weights of an existing split keeps its salt, so keys only
+        move from refs that shrink to refs that grow. Takes the keyword arguments of
+        :meth:`edit_target`.
+        """
+        pairs = weights.items() if isinstance(weights, Mapping) else weights
+        parsed = [
+            (ref if isinstance(ref, PluginRef) else PluginRef.parse(ref), weight)
+            for ref, weight in pairs
+        ]
+        values = (values,) if isinstance(values, str) else tuple(values)
+        return self.edit_target(
+            name,
+            _routes_edit(
+                name, lambda routes: with_route(routes, selector, values, weights=parsed, key=key)
+            ),
+            **edit,
+        )
+
+    def remove_route(
+        self,
+        name: str,
+        route_id: str | None = None,
+        *,
+        selector: str | None = None,
+        value: str | None = None,
+        **edit: Any,
+    ) -> TargetChange:
+        """Remove a route, named by its id or by what it selects (no selector: the split).
+
+        Takes the keyword arguments of :meth:`edit_target`.
+        """
+
+        def remove(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+            wanted = route_id if route_id is not None else find_route(routes, selector, value).id
+            return without_route(routes, wanted)
+
+        return self.edit_target(name, _routes_edit(name, remove), **edit)
+
+    def rollback(self, name: str, *, to_revision: int | None = None, **edit: Any) -> TargetChange:
         """Write a new revision of ``name`` that copies an earlier one (default: the previous).
 
-        It goes through the same checks as :meth:`set_target` (the version must be installed and
-        accept the config), and is a compare-and-set against the revision it read: nothing in the
-        history is updated or deleted.
+        The copy includes the routes (and each split's salt, so the same keys land where they
+        did). It goes through the same checks as any edit (every version it names must be
+        installed and accept the config). Takes the keyword arguments of :meth:`edit_target`;
+        the reason defaults to "rollback to revision N".
 
         Raises:
             UsageError: No such revision, or nothing earlier to roll back to.
@@ -485,18 +594,120 @@ class Turnout:
         if earlier.snapshot is None:
             raise UsageError(f"revision {wanted} of {name!r} removed the target; pick another")
         snapshot = earlier.snapshot
-        return self.set_target(
-            name,
-            snapshot["plugin"],
-            config=dict(snapshot["config"]),
-            max_attempts=snapshot["max_attempts"],
-            timeout=snapshot["timeout"],
-            isolation=snapshot.get("isolation"),
-            idempotent=snapshot.get("idempotent"),
-            expect_revision=current,
-            actor=actor,
-            reason=reason or f"rollback to revision {wanted}",
+
+        def restore(now: TargetSpec | None) -> TargetSpec:
+            return TargetSpec(
+                name=name,
+                plugin_ref=PluginRef.parse(snapshot["plugin"]),
+                config=dict(snapshot["config"]),
+                max_attempts=snapshot["max_attempts"],
+                timeout=snapshot["timeout"],
+                isolation=snapshot.get("isolation", DEFAULT_ISOLATION),
+                idempotent=bool(snapshot.get("idempotent")),
+                revision=now.revision if now else 0,
+                routes=parse_routes(snapshot.get("routes")),
+            )
+
+        edit.setdefault("expect_revision", current)
+        if not edit.get("reason"):
+            edit["reason"] = f"rollback to revision {wanted}"
+        return self.edit_target(name, restore, **edit)
+
+    def edit_target(
+        self,
+        name: str,
+        change: Callable[[TargetSpec | None], TargetSpec],
+        *,
+        expect_revision: int | None = None,
+        actor: str | None = None,
+        reason: str = "",
+        dry_run: bool = False,
+        history: timedelta = PLAN_HISTORY,
+    ) -> TargetChange:
+        """Apply ``change`` (the target now, or ``None``, to the target wanted) as one revision.
+
+        Every plugin version the change newly points at (all of them, when the config or the
+        isolation changes) must be installed and accept the target's config, checked through
+        its own worker when isolated; otherwise the edit is refused and nothing is written.
+
+        Args:
+            expect_revision: Refuse unless the target is at this revision (0: never existed).
+                Without it, the edit is applied to the latest revision, read again if another
+                edit lands in between.
+            actor: Who (default ``TURNOUT_ACTOR``, else the OS user); kept in the history.
+            reason: Why; kept in the history.
+            dry_run: Check and preview only: the returned change holds the blast radius
+                (``moves``) and nothing is written.
+            history: How far back the blast radius looks for the customers and projects that
+                released to the target.
+
+        Raises:
+            StaleRevisionError: The target is not at ``expect_revision``.
+        """
+        for attempt in range(1, EDIT_RETRIES + 1):
+            try:
+                current: TargetSpec | None = self.registry.get_target(name)
+            except UnknownTargetError:
+                current = None
+            # A target that does not exist (or was removed) is checked by the registry, which
+            # knows the revision its removal wrote.
+            at = current.revision if current else expect_revision
+            if current is not None and expect_revision not in (None, at):
+                raise StaleRevisionError(name, expect_revision, current.revision)
+            proposed = change(current)
+            self._preflight(current, proposed)
+            if dry_run:
+                return self._plan(current, proposed, history)
+            try:
+                written = self.registry.set_target(
+                    name,
+                    proposed.plugin_ref,
+                    config=proposed.config,
+                    max_attempts=proposed.max_attempts,
+                    timeout=proposed.timeout,
+                    isolation=proposed.isolation,
+                    idempotent=proposed.idempotent,
+                    routes=proposed.routes,
+                    expect_revision=at,
+                    actor=actor or default_actor(),
+                    reason=reason,
+                )
+            except StaleRevisionError:
+                if expect_revision is not None or attempt == EDIT_RETRIES:
+                    raise
+                # Another edit landed since the read: apply this one to it, after a pause
+                # that spreads out writers racing for the same target.
+                self._sleep(random.uniform(0, 0.005 * attempt))  # noqa: S311 - jitter only
+                continue
+            self._routing.pop(name, None)
+            return written
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _preflight(self, current: TargetSpec | None, proposed: TargetSpec) -> None:
+        """Check every version ``proposed`` newly relies on; raise if one refuses."""
+        refs = all_refs(proposed)
+        if (
+            current is not None
+            and current.config == proposed.config
+            and current.isolation == proposed.isolation
+        ):
+            known = set(all_refs(current))
+            refs = [ref for ref in refs if ref not in known]
+        for ref in refs:
+            self._validate(self._releaser(ref, proposed.isolation), proposed, ref)
+
+    def _plan(
+        self, current: TargetSpec | None, proposed: TargetSpec, history: timedelta
+    ) -> TargetChange:
+        """The change ``proposed`` would make, and who it would move; nothing is written."""
+        changed = current is None or current.snapshot() != proposed.snapshot()
+        revision = (current.revision if current else 0) + (1 if changed else 0)
+        proposed = dataclasses.replace(proposed, revision=revision)
+        contexts = self.ledger.contexts(proposed.name, since=self.ledger.clock() - history)
+        moves = blast_radius(
+            Router(current) if current is not None else None, Router(proposed), contexts
         )
+        return TargetChange(proposed, current, changed, moves=moves, dry_run=True)
 
     # The store ---------------------------------------------------------------------------
 
@@ -638,6 +849,19 @@ class Replay:
     plugin_ref: str | None
     record: ReleaseRecord | None
     error: TurnoutError | None
+
+
+def _routes_edit(
+    name: str, edit: Callable[[tuple[Route, ...]], tuple[Route, ...]]
+) -> Callable[[TargetSpec | None], TargetSpec]:
+    """A target change that edits only the routes of an existing target."""
+
+    def change(current: TargetSpec | None) -> TargetSpec:
+        if current is None:
+            raise UnknownTargetError(name)
+        return dataclasses.replace(current, routes=edit(current.routes))
+
+    return change
 
 
 def _record_of(exc: TurnoutError) -> ReleaseRecord | None:
