@@ -1,4 +1,4 @@
-"""The turnout demo: two releases of a small site with the directory releaser.
+"""The turnout demo: releases of a small site with the directory releaser, then two versions.
 
 Run through ``python3 noxfile.py -s demo``, which installs the core and the directory releaser
 into a fresh environment first. Everything it writes lands in ``.demo/`` at the repository root.
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(os.environ.get("TURNOUT_DEMO_DIR", ROOT / ".demo")).resolve()
 DB = WORK / "registry.db"
 WWW = WORK / "www"
+DEV = "1.1.0.dev1"
 # The script installed beside this interpreter, so the demo works without an activated venv.
 TURNOUT = shutil.which("turnout", path=str(Path(sys.executable).parent)) or "turnout"
 
@@ -141,6 +142,64 @@ def main() -> None:
     if len(folders) != 2 or current.name != second["release_id"]:
         sys.exit("demo: expected two release folders with current on build 2")
     print("\nTwo releases ran; the repeated key ran nothing; the refusals changed nothing.")
+    routing()
+
+
+def dev_build() -> Path:
+    """This tree's directory releaser with only its version changed: a build being tried."""
+    source = WORK / f"turnout-directory-{DEV}"
+    shutil.copytree(
+        ROOT / "plugins" / "turnout-directory", source, ignore=shutil.ignore_patterns("tests")
+    )
+    pyproject = source / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "1.0.0"', f'version = "{DEV}"'))
+    return source
+
+
+def routing() -> None:
+    """Two versions of one releaser serving one target: a pin, a canary, a plan, a rollback."""
+    step(f"Install a development build, directory {DEV}, beside 1.0.0 (1.0.0 is not touched)")
+    turnout("plugin", "install", str(dev_build()))
+    turnout("plugin", "list")
+
+    step("Pin customer acme to the new build; everyone else stays on the default")
+    turnout(
+        "route", "add", "demo-site", "--customer", "acme", "--to", f"directory@{DEV}",
+        "--reason", "acme tries the new build", "--actor", "dana",
+    )  # fmt: skip
+
+    step("Preview a 10% canary of everyone else: who seen in recent releases would move")
+    canary = ["--to", f"directory@{DEV}=10", "--to", "directory@1.0.0=90"]
+    turnout("plan", "route", "split", "demo-site", *canary)
+    turnout(
+        "route", "split", "demo-site", *canary, "--reason", "10% canary", "--actor", "dana"
+    )  # fmt: skip
+    turnout("route", "list", "demo-site")
+
+    step("Which version would each customer get, and why (sticky: the same every time)")
+    for customer in ("acme", "globex", "initech", "umbrella"):
+        turnout("resolve", "demo-site", "--context", f"customer={customer}")
+
+    step("Release build 3 for acme: the new build publishes it; the record says why")
+    out = turnout(
+        "release", "demo-site", str(make_build(3)), "--key", "build-3",
+        "--context", "customer=acme", "--json",
+    )  # fmt: skip
+    decision = json.loads(out)["decision"]
+    if decision["plugin"] != f"directory@{DEV}" or decision["rule"] != "customer=acme":
+        sys.exit(f"demo: acme should have been released by the pinned build, got {decision}")
+
+    step("Something is wrong with the new build: preview, then roll back to before the routes")
+    turnout("plan", "rollback", "demo-site", "--to-revision", "1")
+    turnout(
+        "rollback", "demo-site", "--to-revision", "1", "--reason", "bad build", "--actor", "sam"
+    )
+    turnout("resolve", "demo-site", "--context", "customer=acme")
+    turnout("history", "demo-site")
+    after = json.loads(turnout("resolve", "demo-site", "--context", "customer=acme", "--json"))
+    if after["plugin"] != "directory@1.0.0":
+        sys.exit(f"demo: after the rollback acme should be back on 1.0.0, got {after}")
+    print("\nOne command put every customer back on 1.0.0; the history says who did what and why.")
 
 
 if __name__ == "__main__":

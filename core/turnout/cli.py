@@ -823,7 +823,10 @@ def plan_command(ctx: click.Context, command: tuple[str, ...]) -> None:
             f"rollback), not {' '.join(command[:2])!r}"
         )
     root = ctx.find_root()
-    args = [*command, "--dry-run"]
+    options = ["--log-level", root.params["log_level"]]
+    if root.params.get("db"):
+        options += ["--db", root.params["db"]]
+    args = [*options, *command, "--dry-run"]
     sub_ctx = cli.make_context("turnout", args, parent=root, obj=root.obj)
     with sub_ctx:
         cli.invoke(sub_ctx)
