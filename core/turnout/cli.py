@@ -1082,8 +1082,10 @@ def _print_release(record: ReleaseRecord, as_json: bool) -> None:
     if record.decision:
         decision = record.decision
         why = f"{decision.get('rule')} at revision {decision.get('revision')}"
+        if decision.get("route"):
+            why += f", route {decision['route']}"
         if decision.get("bucket") is not None:
-            why += f", bucket {decision['bucket']}"
+            why += f", bucket {decision['bucket']} by {decision.get('key')}"
         rows.append(("decision", f"{decision.get('plugin')}: {why}"))
     _print_table(None, ["field", "value"], rows)
 
