@@ -525,7 +525,7 @@ def find_route(routes: Sequence[Route], selector: str | None, value: str | None)
     for route in routes:
         if route.selector == selector and (selector is None or value in route.values):
             return route
-    what = "a split on everyone" if selector is None else f"a route for {selector} {value!r}"
+    what = "split on everyone" if selector is None else f"route for {selector} {value!r}"
     raise UsageError(f"there is no {what}; see: turnout route list TARGET")
 
 
