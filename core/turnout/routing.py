@@ -183,6 +183,8 @@ class Route:
                 "a route to one ref needs a selector (--customer, --project, --plan or "
                 "--channel); to move everyone, point the target itself: turnout target set"
             )
+        if self.selector is None and self.values:
+            raise UsageError("values need a selector (--customer, --project, --plan or --channel)")
         if self.selector is not None and self.selector not in SELECTORS:
             raise UsageError(
                 f"a route selects on one of {', '.join(SELECTORS)}, not {self.selector!r}"
