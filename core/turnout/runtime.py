@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import logging
 import os
 import random
@@ -542,13 +543,15 @@ class Turnout:
             for ref, weight in pairs
         ]
         values = (values,) if isinstance(values, str) else tuple(values)
-        return self.edit_target(
-            name,
-            _routes_edit(
-                name, lambda routes: with_route(routes, selector, values, weights=parsed, key=key)
-            ),
-            **edit,
-        )
+
+        def change(current: TargetSpec | None) -> TargetSpec:
+            if current is None:
+                raise UnknownTargetError(name)
+            routes = with_route(current.routes, selector, values, weights=parsed, key=key)
+            salt = _split_salt(name, current.revision + 1)
+            return dataclasses.replace(current, routes=_salted(routes, current.routes, salt))
+
+        return self.edit_target(name, change, **edit)
 
     def remove_route(
         self,
@@ -608,7 +611,10 @@ class Turnout:
                 routes=parse_routes(snapshot.get("routes")),
             )
 
-        edit.setdefault("expect_revision", current)
+        if edit.get("expect_revision") is None:
+            # The revision whose history was read: an edit landing since refuses the rollback
+            # (the CLI passes expect_revision=None when --expect-revision is not given).
+            edit["expect_revision"] = current
         if not edit.get("reason"):
             edit["reason"] = f"rollback to revision {wanted}"
         return self.edit_target(name, restore, **edit)
@@ -862,6 +868,27 @@ def _routes_edit(
         return dataclasses.replace(current, routes=edit(current.routes))
 
     return change
+
+
+def _split_salt(target: str, revision: int) -> str:
+    """The salt of a split made anew in ``revision`` of ``target``.
+
+    Derived rather than random, so that a dry run (``turnout plan``) and the edit it previews
+    hash every key alike: the plan names the very customers the edit then moves.
+    """
+    material = f"{target}\0{revision}".encode()
+    return hashlib.blake2b(material, digest_size=8, person=b"turnout-split").hexdigest()
+
+
+def _salted(routes: tuple[Route, ...], before: tuple[Route, ...], salt: str) -> tuple[Route, ...]:
+    """``routes`` with ``salt`` given to a split that is new (a kept split keeps its own)."""
+    kept = {route.split.salt for route in before if route.split is not None}
+    return tuple(
+        dataclasses.replace(route, split=dataclasses.replace(route.split, salt=salt))
+        if route.split is not None and route.split.salt not in kept
+        else route
+        for route in routes
+    )
 
 
 def _record_of(exc: TurnoutError) -> ReleaseRecord | None:

@@ -6,6 +6,8 @@ Config:
     fail_times: how many first attempts fail (default: all of them).
     token: a value the plugin echoes into its error messages (for secret-leak tests).
     invalid: any value makes turnout_validate_config refuse the config.
+    reject_versions: a list of versions whose turnout_validate_config refuses the config (the
+        wheel's own ``VERSION`` decides), for refusals that depend on the version checked.
     sleep: seconds each call takes after recording itself in ``calls`` (a slow deploy).
     deployed: a file to which a call appends one JSON line once the release has taken effect:
         after ``sleep``, and only when the call succeeds. When it is set, turnout_probe reads
@@ -29,6 +31,8 @@ class RetryableError(Exception):
 def turnout_validate_config(config):
     if "invalid" in config:
         raise ValueError("echo: config 'invalid' is not allowed")
+    if VERSION in config.get("reject_versions", ()):
+        raise ValueError(f"echo {VERSION}: config 'reject_versions' names this version")
     if "fail_with" in config and config["fail_with"] not in _FAILURES:
         raise ValueError(f"echo: config 'fail_with' must be one of {sorted(_FAILURES)}")
     sleep = config.get("sleep", 0)
