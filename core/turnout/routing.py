@@ -64,6 +64,17 @@ HASH_SCHEMES = {"v1": _bucket_v1}
 the keys of a split made under an old one."""
 
 
+def split_salt(target: str, revision: int) -> str:
+    """The salt of a split made anew in ``revision`` of ``target``.
+
+    Derived rather than random, so that a dry run (``turnout plan``) and the edit it previews
+    hash every key alike: the plan names the very customers the edit then moves. A split that
+    is edited keeps its salt; a rollback restores the salt of the revision it copies.
+    """
+    material = f"{target}\0{revision}".encode()
+    return hashlib.blake2b(material, digest_size=8, person=b"turnout-split").hexdigest()
+
+
 def bucket(value: str, salt: str, scheme: str = HASH_SCHEME) -> int:
     """The bucket (0 ≤ b < 2^32) that ``value`` falls in for a split salted with ``salt``."""
     return HASH_SCHEMES[scheme](bytes.fromhex(salt), value)
@@ -115,8 +126,11 @@ class Split:
         *,
         key: str = DEFAULT_SPLIT_KEY,
         previous: Split | None = None,
+        salt: str | None = None,
     ) -> Split:
         """A split with ``weights``; from ``previous`` it keeps the salt and moves few keys.
+
+        A split made anew takes ``salt`` (hex; see :func:`split_salt`), else a random one.
 
         Raises:
             UsageError: Fewer than two refs, a ref twice, a negative weight, or weights that do
@@ -126,7 +140,7 @@ class Split:
         _check_name(key, "split key")
         if previous is not None and previous.key == key:
             return cls(key, previous.salt, weights, allocate(weights, previous.slices))
-        return cls(key, secrets.token_hex(8), weights, allocate(weights, ()))
+        return cls(key, salt or secrets.token_hex(8), weights, allocate(weights, ()))
 
     def share(self, ref: PluginRef) -> int:
         """How many buckets ``ref`` holds."""
@@ -465,6 +479,7 @@ def with_route(
     to: PluginRef | None = None,
     weights: Sequence[tuple[PluginRef, float]] | None = None,
     key: str = DEFAULT_SPLIT_KEY,
+    salt: str | None = None,
 ) -> tuple[Route, ...]:
     """``routes`` with a route for this selector added, or the same selector's route changed.
 
@@ -493,7 +508,8 @@ def with_route(
                 )
     split = None
     if weights is not None:
-        split = Split.new(weights, key=key, previous=same.split if same is not None else None)
+        previous = same.split if same is not None else None
+        split = Split.new(weights, key=key, previous=previous, salt=salt)
     new = Route(
         id=same.id if same is not None else _next_id(routes),
         selector=selector,
@@ -601,6 +617,7 @@ __all__ = [
     "bucket",
     "find_route",
     "parse_routes",
+    "split_salt",
     "with_route",
     "without_route",
 ]

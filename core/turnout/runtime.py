@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import hashlib
 import logging
 import os
 import random
@@ -73,6 +72,7 @@ from turnout.routing import (
     blast_radius,
     find_route,
     parse_routes,
+    split_salt,
     with_route,
     without_route,
 )
@@ -547,9 +547,11 @@ class Turnout:
         def change(current: TargetSpec | None) -> TargetSpec:
             if current is None:
                 raise UnknownTargetError(name)
-            routes = with_route(current.routes, selector, values, weights=parsed, key=key)
-            salt = _split_salt(name, current.revision + 1)
-            return dataclasses.replace(current, routes=_salted(routes, current.routes, salt))
+            salt = split_salt(name, current.revision + 1)
+            routes = with_route(
+                current.routes, selector, values, weights=parsed, key=key, salt=salt
+            )
+            return dataclasses.replace(current, routes=routes)
 
         return self.edit_target(name, change, **edit)
 
@@ -868,27 +870,6 @@ def _routes_edit(
         return dataclasses.replace(current, routes=edit(current.routes))
 
     return change
-
-
-def _split_salt(target: str, revision: int) -> str:
-    """The salt of a split made anew in ``revision`` of ``target``.
-
-    Derived rather than random, so that a dry run (``turnout plan``) and the edit it previews
-    hash every key alike: the plan names the very customers the edit then moves.
-    """
-    material = f"{target}\0{revision}".encode()
-    return hashlib.blake2b(material, digest_size=8, person=b"turnout-split").hexdigest()
-
-
-def _salted(routes: tuple[Route, ...], before: tuple[Route, ...], salt: str) -> tuple[Route, ...]:
-    """``routes`` with ``salt`` given to a split that is new (a kept split keeps its own)."""
-    kept = {route.split.salt for route in before if route.split is not None}
-    return tuple(
-        dataclasses.replace(route, split=dataclasses.replace(route.split, salt=salt))
-        if route.split is not None and route.split.salt not in kept
-        else route
-        for route in routes
-    )
 
 
 def _record_of(exc: TurnoutError) -> ReleaseRecord | None:
