@@ -1,4 +1,4 @@
-"""Measure PERFORMANCE.md's goals P2, P3, P5, P6, P9, P10 and P11 (and P1 on the way).
+"""Measure PERFORMANCE.md's goals P2, P3, P4, P5, P6, P9, P10 and P11 (and P1 on the way).
 
 Every goal is a ratio to a floor or a peer measured in the same run: both sides alternate,
 after a warm-up, and the table gives medians with min-max. Run it with ``nox -s bench``
@@ -26,6 +26,7 @@ from typing import Any
 
 import goal_p2
 import goal_p3
+import goal_p4
 import goal_p5
 import goal_p6
 import goal_p9
@@ -39,6 +40,7 @@ GOALS: dict[str, Callable[[World, Plan, Report, argparse.Namespace], None]] = {
     "P2": lambda w, p, r, _a: goal_p2.run(w, p, r),
     "P11": lambda w, p, r, _a: goal_p11.run(w, p, r),
     "P3": lambda w, p, r, _a: goal_p3.run(w, p, r),
+    "P4": lambda w, p, r, _a: goal_p4.run(w, p, r),
     "P5": lambda w, p, r, _a: goal_p5.run(w, p, r),
     "P10": lambda w, p, r, _a: goal_p10.run(w, p, r),
     "P9": lambda w, p, r, _a: goal_p9.run(w, p, r),
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.table())
     print()
+    for goal, note in report.notes.items():
+        print(f"{goal}: {note}")
+        print()
     report.write_json(args.json, meta)
     failed = [c for c in report.comparisons if c.passed is False]
     print(
