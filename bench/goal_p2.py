@@ -17,10 +17,10 @@ from world import NOOP_REF, RELEASE_ARGS, World
 from turnout.worker import WorkerReleaser
 
 RELEASE = (
-    "Turnout.release: check key/context, read the target (Core SELECT), fingerprint, the "
-    "cached releaser (config validated once per target revision), claim (INSERT, commit), "
-    "turnout_release under the retry policy, finish (UPDATE, commit), read the record back "
-    "(SELECT)"
+    "Turnout.release: check key/context, resolve from the in-memory routing snapshot, "
+    "fingerprint, the cached releaser (config validated once per target revision), claim "
+    "(revision SELECT + INSERT, one commit), turnout_release under the retry policy, finish "
+    "(UPDATE, commit)"
 )
 
 

@@ -1,9 +1,11 @@
 """Where an inline release's time goes: its parts, each timed alone, in one alternation.
 
 Not goals: these rows explain P1, P2 and P10. Each part is what ``Turnout.release`` does once
-per release (inline target): read the target, claim and finish in the ledger, read the record
-back, call the plugin through pluggy, the retry policy; and beside them the naive peer's parts
-and the floor of two commits with the bare ``sqlite3`` module (same pragmas, BEGIN IMMEDIATE).
+per release (inline target): resolve from the routing snapshot, claim (with its revision check)
+and finish in the ledger, call the plugin through pluggy, the retry policy; beside them what a
+release no longer pays (reading the target, reading the record back: only a target's first
+release reads it), the naive peer's parts and the floor of two commits with the bare
+``sqlite3`` module (same pragmas, BEGIN IMMEDIATE).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def run(world: World, plan: Plan, report: Report) -> None:
     keys = itertools.count()
     last: list[str] = []
 
+    router = turnout._router("noop-inline")
+
     def claim_finish() -> None:
         claim = ledger.claim(
             target="noop-inline",
@@ -43,6 +47,7 @@ def run(world: World, plan: Plan, report: Report) -> None:
             plugin_ref=NOOP_REF,
             artifact=ARTIFACT,
             context={},
+            revision=router.spec.revision,
         )
         assert isinstance(claim, Claim)
         ledger.move(claim, Status.SUCCEEDED, result={"ok": True})
@@ -66,6 +71,9 @@ def run(world: World, plan: Plan, report: Report) -> None:
     def get_target() -> None:
         turnout.registry.get_target("noop-inline")
 
+    def resolve() -> None:
+        router.resolve({})
+
     def read_back() -> None:
         ledger.get(last[0])
 
@@ -76,8 +84,9 @@ def run(world: World, plan: Plan, report: Report) -> None:
     n = plan.batch(300)
     # (key, name, batch multiplier: cheap parts take more calls per sample, operation)
     parts = [
-        ("parts.get_target", "registry.get_target (Core SELECT)", 1, get_target),
-        ("parts.claim_finish", "ledger.claim + ledger.move (2 commits)", 1, claim_finish),
+        ("parts.resolve", "Router.resolve: the routing snapshot (default rule)", 10, resolve),
+        ("parts.get_target", "registry.get_target (first release only)", 1, get_target),
+        ("parts.claim_finish", "ledger.claim (revision check) + move, 2 commits", 1, claim_finish),
         ("parts.get", "ledger.get: a record by id (not on the release path)", 1, read_back),
         ("parts.plugin", "PluggyReleaser.release (hook + check)", 10, plugin),
         ("parts.policy", "retry policy (tenacity) around one call", 10, policy),
