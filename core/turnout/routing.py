@@ -23,6 +23,7 @@ routing snapshot) and resolves a context with a few dictionary lookups and at mo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -73,6 +74,10 @@ def split_salt(target: str, revision: int) -> str:
     """
     material = f"{target}\0{revision}".encode()
     return hashlib.blake2b(material, digest_size=8, person=b"turnout-split").hexdigest()
+
+
+_ref = functools.lru_cache(maxsize=4096)(PluginRef.parse)
+"""``PluginRef.parse``, once per distinct text: a snapshot of many targets names few versions."""
 
 
 def bucket(value: str, salt: str, scheme: str = HASH_SCHEME) -> int:
@@ -169,8 +174,8 @@ class Split:
         return cls(
             key=data["key"],
             salt=data["salt"],
-            weights=tuple((PluginRef.parse(ref), weight) for ref, weight in data["weights"]),
-            slices=tuple((int(start), PluginRef.parse(ref)) for start, ref in data["slices"]),
+            weights=tuple((_ref(ref), weight) for ref, weight in data["weights"]),
+            slices=tuple((int(start), _ref(ref)) for start, ref in data["slices"]),
             scheme=scheme,
         )
 
@@ -254,7 +259,7 @@ class Route:
             id=data["id"],
             selector=selector,
             values=tuple(values),
-            to=PluginRef.parse(data["to"]) if data.get("to") else None,
+            to=_ref(data["to"]) if data.get("to") else None,
             split=Split.from_dict(split) if split else None,
         )
 
