@@ -561,6 +561,34 @@ def test_routes_plan_names_who_moves_within_the_history_window(world_db: World) 
     assert w.state() == before
 
 
+def test_routes_target_remove_dry_run_names_who_would_lose_the_target(world: World) -> None:
+    w = world
+    _release(w, "acme", customer="acme", project="acme-site")
+    _release(w, "bob", customer="bob", plan="free")
+    w.ok("route", "add", "web", "--customer", "acme", "--to", V2)
+    before, rows = w.state(), w.revisions()
+
+    dry = w.ok("plan", "target", "remove", "web", "--json")
+    assert (dry["dry_run"], dry["removed"]["revision"]) == (True, 2)
+    assert sorted(_moves(dry), key=lambda m: m["from"]) == [
+        {"from": V1, "to": None, "contexts": 1, "customers": ["bob"], "projects": []},
+        {"from": V2, "to": None, "contexts": 1, "customers": ["acme"], "projects": ["acme-site"]},
+    ]
+    table = w.run("target", "remove", "web", "--dry-run")
+    assert table.exit_code == 0, table.stderr
+    assert "would be removed" in table.stderr
+    assert "(none)" in table.stdout
+    assert w.state() == before
+    assert w.revisions() == rows
+
+    stale = w.run("target", "remove", "web", "--expect-revision", "1")
+    assert stale.exit_code == 75, stale.stderr
+    assert w.state() == before
+    w.ok("target", "remove", "web", "--expect-revision", "2", "--reason", "retired")
+    assert w.run("target", "show", "web").exit_code == 78
+    assert [r["snapshot"] for r in w.revisions()][-1] is None
+
+
 def _resolve_all(tt: Turnout, contexts: list[dict[str, str]]) -> list[str]:
     return [str(tt.resolve("web", context).plugin_ref) for context in contexts]
 

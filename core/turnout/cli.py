@@ -32,7 +32,7 @@ from turnout.errors import (
 if TYPE_CHECKING:
     from turnout.registry import TargetChange, TargetSpec
     from turnout.releases import ReleaseRecord
-    from turnout.routing import Route
+    from turnout.routing import Move, Route
     from turnout.runtime import Turnout
 
 EXIT_CODES_HELP = """\b
@@ -350,7 +350,11 @@ def _report_plan(change: TargetChange) -> None:
     _say(f"dry run: target {change.target.name!r} would become revision {change.target.revision}")
     for field, (old, new) in diff.items():
         _say(f"  {field}: {json.dumps(old)} -> {json.dumps(new)}")
-    moves = change.moves or []
+    _print_moves(change.moves or [])
+
+
+def _print_moves(moves: Sequence[Move]) -> None:
+    """A dry run's blast radius: a table on stdout, and that nothing was written."""
     if not moves:
         _say("nobody seen in the release history would get another version; nothing was written")
         return
@@ -419,19 +423,31 @@ def target_list(ctx: click.Context, as_json: bool) -> None:
 
 @target.command("remove")
 @click.argument("name")
-@reason_option
-@actor_option
-@json_option
+@edit_options
 @click.pass_context
 def target_remove(
-    ctx: click.Context, name: str, reason: str, actor: str | None, as_json: bool
+    ctx: click.Context,
+    name: str,
+    expect_revision: int | None,
+    dry_run: bool,
+    history: str,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
 ) -> None:
     """Remove a target. Its history and its releases are kept."""
-    from turnout.runtime import default_actor
-
-    spec = _handle(ctx).registry.remove_target(name, actor=actor or default_actor(), reason=reason)
+    change = _handle(ctx).remove_target(
+        name, **_edit_args(expect_revision, dry_run, history, reason, actor)
+    )
+    spec = change.target
     if as_json:
-        _print_json({"removed": _target_dict(spec)})
+        data: dict[str, Any] = {"removed": _target_dict(spec), "dry_run": change.dry_run}
+        if change.moves is not None:
+            data["moves"] = [move.to_dict() for move in change.moves]
+        _print_json(data)
+    elif change.dry_run:
+        _say(f"dry run: target {name!r} (revision {spec.revision}) would be removed")
+        _print_moves(change.moves or [])
     else:
         _say(f"target {name!r} removed (it pointed to {spec.plugin_ref})")
 
@@ -808,19 +824,20 @@ def plan_command(ctx: click.Context, command: tuple[str, ...]) -> None:
       turnout plan route split web --to echo@2.0.0=10 --to echo@1.0.0=90
       turnout plan route add web --plan free --to echo@2.0.0
       turnout plan target set web echo@1.1.0
+      turnout plan target remove web
       turnout plan rollback web
     It shows which customers and projects seen in the last 30 days of releases (--history)
     would move from which version to which. Nothing is written.
     """
     changes: set[tuple[str, ...]] = {("route", "add"), ("route", "split"), ("route", "remove")}
-    changes |= {("target", "set"), ("rollback",)}
+    changes |= {("target", "set"), ("target", "remove"), ("rollback",)}
     if not command or command[0] in ("-h", "--help"):
         click.echo(ctx.get_help())
         return
     if tuple(command[:2]) not in changes and tuple(command[:1]) not in changes:
         raise UsageError(
-            f"turnout plan previews a routing change (route add|split|remove, target set, "
-            f"rollback), not {' '.join(command[:2])!r}"
+            f"turnout plan previews a routing change (route add|split|remove, target "
+            f"set|remove, rollback), not {' '.join(command[:2])!r}"
         )
     root = ctx.find_root()
     options = ["--log-level", root.params["log_level"]]

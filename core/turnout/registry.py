@@ -298,16 +298,21 @@ class Registry:
 
         return self._write(change)
 
-    def remove_target(self, name: str, *, actor: str, reason: str) -> TargetSpec:
+    def remove_target(
+        self, name: str, *, actor: str, reason: str, expect_revision: int | None = None
+    ) -> TargetSpec:
         """Remove a target; its history and its releases stay.
 
         Raises:
             UnknownTargetError: There is none.
+            StaleRevisionError: ``expect_revision`` is not the current revision.
         """
         with self.session() as s:
             row = s.get(Target, name, with_for_update=True)
             if row is None:
                 raise UnknownTargetError(name)
+            if expect_revision is not None and expect_revision != row.revision:
+                raise StaleRevisionError(name, expect_revision, row.revision)
             spec = _spec(row)
             s.delete(row)
             s.add(

@@ -575,6 +575,37 @@ class Turnout:
 
         return self.edit_target(name, _routes_edit(name, remove), **edit)
 
+    def remove_target(
+        self,
+        name: str,
+        *,
+        expect_revision: int | None = None,
+        actor: str | None = None,
+        reason: str = "",
+        dry_run: bool = False,
+        history: timedelta = PLAN_HISTORY,
+    ) -> TargetChange:
+        """Remove a target; its history and its releases stay (see :meth:`edit_target`).
+
+        A dry run writes nothing; its ``moves`` say who, seen in recent releases, would be
+        left without a version.
+        """
+        current = self.registry.get_target(name)
+        if expect_revision is not None and expect_revision != current.revision:
+            raise StaleRevisionError(name, expect_revision, current.revision)
+        if dry_run:
+            contexts = self.ledger.contexts(name, since=self.ledger.clock() - history)
+            moves = blast_radius(Router(current), None, contexts)
+            return TargetChange(current, current, moves=moves, dry_run=True)
+        removed = self.registry.remove_target(
+            name,
+            actor=actor or default_actor(),
+            reason=reason,
+            expect_revision=expect_revision,
+        )
+        self._routing.pop(name, None)
+        return TargetChange(removed, removed)
+
     def rollback(self, name: str, *, to_revision: int | None = None, **edit: Any) -> TargetChange:
         """Write a new revision of ``name`` that copies an earlier one (default: the previous).
 
