@@ -255,6 +255,8 @@ def test_routes_cli_add_split_list_remove_with_actor_reason_and_diff(
         [],
         [{"id": "r1", "match": {"customer": ["acme"]}, "to": V2}],
     ]
+    assert history[0]["before"] is None
+    assert [h["before"] for h in history[1:]] == [h["target"] for h in history[:-1]]
     text = world.run("history", "web")
     assert text.exit_code == 0
     for word in ("alice", "acme beta", "route.r5", "erin", "no split"):

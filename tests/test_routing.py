@@ -31,6 +31,7 @@ from turnout.routing import (
     Route,
     Router,
     Split,
+    all_refs,
     blast_radius,
     find_route,
     parse_routes,
@@ -205,12 +206,12 @@ def test_decision_record_is_json_ready() -> None:
     }
 
 
-def test_router_refs_lists_default_first_then_each_route_ref_once() -> None:
+def test_all_refs_lists_default_first_then_each_route_ref_once() -> None:
     resolved = router(
         Route("r1", "customer", ("acme",), to=A),
         Route("r2", None, split=salted(Split.new([(A, 50), (DEFAULT, 50)]))),
     )
-    assert resolved.refs() == [DEFAULT, A]
+    assert all_refs(resolved.spec) == [DEFAULT, A]
 
 
 # Stickiness --------------------------------------------------------------------------------

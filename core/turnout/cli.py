@@ -8,6 +8,7 @@ modules (the database stack, rich) are imported inside commands so that ``--help
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -104,47 +105,57 @@ actor_option = click.option("--actor", help="Who; default $TURNOUT_ACTOR, else t
 
 
 def edit_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options every routing change takes: compare-and-set, dry run, who and why."""
-    for option in reversed(
-        [
-            click.option(
-                "--expect-revision",
-                type=click.IntRange(min=0),
-                help="Refuse the edit unless the target is at this revision (0: it never existed).",
-            ),
-            click.option(
-                "--dry-run",
-                is_flag=True,
-                help="Check the change and show its blast radius (who, seen in recent "
-                "releases, would move to which version); write nothing.",
-            ),
-            click.option(
-                "--history",
-                "history",
-                default="30d",
-                show_default=True,
-                metavar="DURATION",
-                help="How far back --dry-run looks for customers and projects: 12h, 30d.",
-            ),
-            reason_option,
-            actor_option,
-            json_option,
-        ]
-    ):
-        command = option(command)
-    return command
+    """The options every routing change takes: compare-and-set, dry run, who and why.
 
+    The command receives them as one ``edit`` dict of :meth:`Turnout.edit_target`'s keyword
+    arguments (and ``as_json``).
+    """
 
-def _edit_args(
-    expect_revision: int | None, dry_run: bool, history: str, reason: str, actor: str | None
-) -> dict[str, Any]:
-    return {
-        "expect_revision": expect_revision,
-        "dry_run": dry_run,
-        "history": _duration(history, "--history"),
-        "reason": reason,
-        "actor": actor,
-    }
+    @functools.wraps(command)
+    def run(
+        *args: Any,
+        expect_revision: int | None,
+        dry_run: bool,
+        history: str,
+        reason: str,
+        actor: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        edit = {
+            "expect_revision": expect_revision,
+            "dry_run": dry_run,
+            "history": _duration(history, "--history"),
+            "reason": reason,
+            "actor": actor,
+        }
+        return command(*args, edit=edit, **kwargs)
+
+    options = [
+        click.option(
+            "--expect-revision",
+            type=click.IntRange(min=0),
+            help="Refuse the edit unless the target is at this revision (0: it never existed).",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Check the change and show its blast radius (who, seen in recent "
+            "releases, would move to which version); write nothing.",
+        ),
+        click.option(
+            "--history",
+            default="30d",
+            show_default=True,
+            metavar="DURATION",
+            help="How far back --dry-run looks for customers and projects: 12h, 30d.",
+        ),
+        reason_option,
+        actor_option,
+        json_option,
+    ]
+    for option in reversed(options):
+        run = option(run)
+    return run
 
 
 @click.group(
@@ -293,11 +304,7 @@ def target_set(
     max_attempts: int | None,
     isolation: str | None,
     idempotent: bool | None,
-    expect_revision: int | None,
-    dry_run: bool,
-    history: str,
-    reason: str,
-    actor: str | None,
+    edit: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Create target NAME or point its default at PLUGIN@VERSION (an exact pin: directory@1.0.0).
@@ -313,7 +320,7 @@ def target_set(
         timeout=timeout,
         isolation=isolation,
         idempotent=idempotent,
-        **_edit_args(expect_revision, dry_run, history, reason, actor),
+        **edit,
     )
     _report_change(change, as_json, "updated")
 
@@ -428,17 +435,11 @@ def target_list(ctx: click.Context, as_json: bool) -> None:
 def target_remove(
     ctx: click.Context,
     name: str,
-    expect_revision: int | None,
-    dry_run: bool,
-    history: str,
-    reason: str,
-    actor: str | None,
+    edit: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Remove a target. Its history and its releases are kept."""
-    change = _handle(ctx).remove_target(
-        name, **_edit_args(expect_revision, dry_run, history, reason, actor)
-    )
+    change = _handle(ctx).remove_target(name, **edit)
     spec = change.target
     if as_json:
         data: dict[str, Any] = {"removed": _target_dict(spec), "dry_run": change.dry_run}
@@ -472,6 +473,7 @@ def history_command(ctx: click.Context, name: str, as_json: bool) -> None:
                 "at": revision.created_at.isoformat(),
                 "actor": revision.actor,
                 "reason": revision.reason,
+                "before": previous,
                 "target": revision.snapshot,
                 "changes": changes(previous, revision.snapshot),
             }
@@ -513,11 +515,7 @@ def rollback_command(
     ctx: click.Context,
     name: str,
     to_revision: int | None,
-    expect_revision: int | None,
-    dry_run: bool,
-    history: str,
-    reason: str,
-    actor: str | None,
+    edit: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Restore an earlier revision of a target, routes included, as a new revision.
@@ -529,7 +527,7 @@ def rollback_command(
     change = _handle(ctx).rollback(
         name,
         to_revision=to_revision,
-        **_edit_args(expect_revision, dry_run, history, reason, actor),
+        **edit,
     )
     _report_change(change, as_json, "rolled back")
 
@@ -537,37 +535,48 @@ def rollback_command(
 # route, resolve, plan ----------------------------------------------------------------------
 
 
+Selector = tuple[str | None, tuple[str, ...]]
+
+
 def _selector_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--customer/--project/--plan/--channel, given to the command as one ``selector``."""
+
+    @functools.wraps(command)
+    def run(
+        *args: Any,
+        customers: tuple[str, ...],
+        projects: tuple[str, ...],
+        plans: tuple[str, ...],
+        channels: tuple[str, ...],
+        **kwargs: Any,
+    ) -> Any:
+        given = [
+            (name, values)
+            for name, values in (
+                ("customer", customers),
+                ("project", projects),
+                ("plan", plans),
+                ("channel", channels),
+            )
+            if values
+        ]
+        if len(given) > 1:
+            raise UsageError(
+                "a route selects on one attribute: give --customer, --project, --plan or "
+                "--channel (repeat it for several values), not several of them"
+            )
+        selector: Selector = given[0] if given else (None, ())
+        return command(*args, selector=selector, **kwargs)
+
     for name in reversed(("customer", "project", "plan", "channel")):
-        command = click.option(
+        run = click.option(
             f"--{name}",
             f"{name}s",
             multiple=True,
             metavar="VALUE",
             help=f"Select releases whose context has this {name} (repeatable: any of them).",
-        )(command)
-    return command
-
-
-def _selector(
-    customers: Sequence[str], projects: Sequence[str], plans: Sequence[str], channels: Sequence[str]
-) -> tuple[str | None, tuple[str, ...]]:
-    given = [
-        (name, tuple(values))
-        for name, values in (
-            ("customer", customers),
-            ("project", projects),
-            ("plan", plans),
-            ("channel", channels),
-        )
-        if values
-    ]
-    if len(given) > 1:
-        raise UsageError(
-            "a route selects on one attribute: give --customer, --project, --plan or "
-            "--channel (repeat it for several values), not several of them"
-        )
-    return given[0] if given else (None, ())
+        )(run)
+    return run
 
 
 @cli.group()
@@ -593,16 +602,9 @@ def route() -> None:
 def route_add(
     ctx: click.Context,
     target_name: str,
-    customers: tuple[str, ...],
-    projects: tuple[str, ...],
-    plans: tuple[str, ...],
-    channels: tuple[str, ...],
+    selector: Selector,
     to: str,
-    expect_revision: int | None,
-    dry_run: bool,
-    history: str,
-    reason: str,
-    actor: str | None,
+    edit: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Send TARGET's releases for a customer, project, plan or channel to PLUGIN@VERSION.
@@ -610,16 +612,10 @@ def route_add(
     The same selector again re-points its route. Refused, unchanged, when the version is not
     installed or rejects the target's config, or when another route already selects a value.
     """
-    selector, values = _selector(customers, projects, plans, channels)
-    if selector is None:
+    attribute, values = selector
+    if attribute is None:
         raise UsageError("say what the route selects: --customer, --project, --plan or --channel")
-    change = _handle(ctx).add_route(
-        target_name,
-        selector,
-        values,
-        to,
-        **_edit_args(expect_revision, dry_run, history, reason, actor),
-    )
+    change = _handle(ctx).add_route(target_name, attribute, values, to, **edit)
     _report_routes(change, as_json)
 
 
@@ -660,32 +656,25 @@ def route_split(
     target_name: str,
     pairs: tuple[str, ...],
     key: str,
-    customers: tuple[str, ...],
-    projects: tuple[str, ...],
-    plans: tuple[str, ...],
-    channels: tuple[str, ...],
-    expect_revision: int | None,
-    dry_run: bool,
-    history: str,
-    reason: str,
-    actor: str | None,
+    selector: Selector,
+    edit: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Split TARGET's releases between versions by weight: a sticky canary.
 
-    Each value of --key hashes into one of 2^32 buckets with a salt of the route's own, so a
+    Each value of --key hashes into one of 2^32 buckets with the split's own salt, so a
     customer stays on its side. Run it again with new weights to ramp: only the buckets of
     versions that shrink move, to versions that grow. Without a selector the split covers
     everyone no pin or rule matched; releases without the key fall through to the default.
     """
-    selector, values = _selector(customers, projects, plans, channels)
+    attribute, values = selector
     change = _handle(ctx).split(
         target_name,
         _parse_weights(pairs),
         key=key,
-        selector=selector,
+        selector=attribute,
         values=values,
-        **_edit_args(expect_revision, dry_run, history, reason, actor),
+        **edit,
     )
     _report_routes(change, as_json)
 
@@ -701,24 +690,17 @@ def route_remove(
     ctx: click.Context,
     target_name: str,
     route_id: str | None,
-    customers: tuple[str, ...],
-    projects: tuple[str, ...],
-    plans: tuple[str, ...],
-    channels: tuple[str, ...],
+    selector: Selector,
     the_split: bool,
-    expect_revision: int | None,
-    dry_run: bool,
-    history: str,
-    reason: str,
-    actor: str | None,
+    edit: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Remove a route of TARGET: by its id (see route list), by one value it selects, or --split.
 
     Releases it matched go back to the next rule, or to the target's default.
     """
-    selector, values = _selector(customers, projects, plans, channels)
-    asked = (route_id is not None) + (selector is not None) + the_split
+    attribute, values = selector
+    asked = (route_id is not None) + (attribute is not None) + the_split
     if asked != 1 or len(values) > 1:
         raise UsageError(
             "name one route: its id (turnout route list TARGET), one selector value such as "
@@ -727,9 +709,9 @@ def route_remove(
     change = _handle(ctx).remove_route(
         target_name,
         route_id,
-        selector=selector,
+        selector=attribute,
         value=values[0] if values else None,
-        **_edit_args(expect_revision, dry_run, history, reason, actor),
+        **edit,
     )
     _report_routes(change, as_json)
 

@@ -532,17 +532,14 @@ class Ledger:
         return [ReleaseRecord.from_row(row) for row in rows]
 
     def contexts(self, target: str, *, since: datetime) -> list[dict[str, str]]:
-        """The distinct contexts of the releases to ``target`` started since ``since``."""
+        """The context of each release to ``target`` started since ``since``, oldest first."""
         query = (
             sa.select(TABLE.c.context)
             .where(TABLE.c.target == target, TABLE.c.started_at >= since)
             .order_by(TABLE.c.started_at)
         )
-        seen: dict[str, dict[str, str]] = {}
         with _db.reader(self.engine) as conn:
-            for (context,) in conn.execute(query):
-                seen.setdefault(json.dumps(context, sort_keys=True), context)
-        return list(seen.values())
+            return list(conn.execute(query).scalars())
 
     def abandoned(self, *, target: str | None = None) -> list[ReleaseRecord]:
         """Releases whose runner's lease expired mid-flight, and those left ``unknown``."""

@@ -180,7 +180,7 @@ class Split:
         )
 
     def describe(self) -> str:
-        shares = ", ".join(f"{ref} {_percent(weight)}" for ref, weight in self.weights)
+        shares = ", ".join(f"{ref} {weight:g}%" for ref, weight in self.weights)
         return f"split by {self.key}: {shares}"
 
 
@@ -285,10 +285,6 @@ def _check_name(value: str, what: str) -> None:
             f"invalid {what} {value!r}: a non-empty printable string of at most "
             f"{MAX_VALUE_LENGTH} characters, without surrounding spaces"
         )
-
-
-def _percent(weight: float) -> str:
-    return f"{weight:g}%"
 
 
 def _check_weights(
@@ -440,24 +436,19 @@ class Router:
     def resolve(self, context: Mapping[str, str]) -> Decision:
         """The plugin ref for a release with ``context``, and why."""
         for selector, table in self.tiers:
-            value = context.get(selector)
-            if value is not None:
-                choice = table.get(value)
-                if choice is not None:
-                    if type(choice) is Decision:
-                        return choice
-                    decision = choice.choose(context)  # type: ignore[union-attr]
-                    if decision is not None:
-                        return decision
+            choice = table.get(context.get(selector))  # type: ignore[arg-type]
+            if choice is None:
+                continue
+            if type(choice) is Decision:
+                return choice
+            decision = choice.choose(context)  # type: ignore[union-attr]
+            if decision is not None:
+                return decision
         if self.split is not None:
             decision = self.split.choose(context)
             if decision is not None:
                 return decision
         return self.default
-
-    def refs(self) -> list[PluginRef]:
-        """Every ref this routing can send a release to, the default first."""
-        return all_refs(self.spec)
 
 
 def all_refs(spec: TargetSpec) -> list[PluginRef]:

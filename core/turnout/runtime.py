@@ -66,6 +66,7 @@ from turnout.releases import (
 from turnout.routing import (
     DEFAULT_SPLIT_KEY,
     Decision,
+    Move,
     Route,
     Router,
     all_refs,
@@ -514,11 +515,8 @@ class Turnout:
         """
         ref = plugin if isinstance(plugin, PluginRef) else PluginRef.parse(plugin)
         values = (values,) if isinstance(values, str) else tuple(values)
-        return self.edit_target(
-            name,
-            _routes_edit(name, lambda routes: with_route(routes, selector, values, to=ref)),
-            **edit,
-        )
+        change = _routes_edit(name, lambda now: with_route(now.routes, selector, values, to=ref))
+        return self.edit_target(name, change, **edit)
 
     def split(
         self,
@@ -544,16 +542,11 @@ class Turnout:
         ]
         values = (values,) if isinstance(values, str) else tuple(values)
 
-        def change(current: TargetSpec | None) -> TargetSpec:
-            if current is None:
-                raise UnknownTargetError(name)
-            salt = split_salt(name, current.revision + 1)
-            routes = with_route(
-                current.routes, selector, values, weights=parsed, key=key, salt=salt
-            )
-            return dataclasses.replace(current, routes=routes)
+        def split(now: TargetSpec) -> tuple[Route, ...]:
+            salt = split_salt(name, now.revision + 1)  # the revision this edit writes
+            return with_route(now.routes, selector, values, weights=parsed, key=key, salt=salt)
 
-        return self.edit_target(name, change, **edit)
+        return self.edit_target(name, _routes_edit(name, split), **edit)
 
     def remove_route(
         self,
@@ -569,7 +562,8 @@ class Turnout:
         Takes the keyword arguments of :meth:`edit_target`.
         """
 
-        def remove(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        def remove(now: TargetSpec) -> tuple[Route, ...]:
+            routes = now.routes
             wanted = route_id if route_id is not None else find_route(routes, selector, value).id
             return without_route(routes, wanted)
 
@@ -594,8 +588,7 @@ class Turnout:
         if expect_revision is not None and expect_revision != current.revision:
             raise StaleRevisionError(name, expect_revision, current.revision)
         if dry_run:
-            contexts = self.ledger.contexts(name, since=self.ledger.clock() - history)
-            moves = blast_radius(Router(current), None, contexts)
+            moves = self._moves(current, None, history)
             return TargetChange(current, current, moves=moves, dry_run=True)
         removed = self.registry.remove_target(
             name,
@@ -742,11 +735,19 @@ class Turnout:
         changed = current is None or current.snapshot() != proposed.snapshot()
         revision = (current.revision if current else 0) + (1 if changed else 0)
         proposed = dataclasses.replace(proposed, revision=revision)
-        contexts = self.ledger.contexts(proposed.name, since=self.ledger.clock() - history)
-        moves = blast_radius(
-            Router(current) if current is not None else None, Router(proposed), contexts
-        )
+        moves = self._moves(current, proposed, history)
         return TargetChange(proposed, current, changed, moves=moves, dry_run=True)
+
+    def _moves(
+        self, before: TargetSpec | None, after: TargetSpec | None, history: timedelta
+    ) -> list[Move]:
+        """Who, among the contexts released to the target within ``history``, would move."""
+        target = after if after is not None else before
+        assert target is not None  # noqa: S101 - one side exists
+        contexts = self.ledger.contexts(target.name, since=self.ledger.clock() - history)
+        return blast_radius(
+            Router(before) if before else None, Router(after) if after else None, contexts
+        )
 
     # The store ---------------------------------------------------------------------------
 
@@ -891,14 +892,14 @@ class Replay:
 
 
 def _routes_edit(
-    name: str, edit: Callable[[tuple[Route, ...]], tuple[Route, ...]]
+    name: str, edit: Callable[[TargetSpec], tuple[Route, ...]]
 ) -> Callable[[TargetSpec | None], TargetSpec]:
-    """A target change that edits only the routes of an existing target."""
+    """A target change that replaces only the routes of an existing target."""
 
     def change(current: TargetSpec | None) -> TargetSpec:
         if current is None:
             raise UnknownTargetError(name)
-        return dataclasses.replace(current, routes=edit(current.routes))
+        return dataclasses.replace(current, routes=edit(current))
 
     return change
 
