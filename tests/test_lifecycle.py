@@ -57,6 +57,7 @@ from turnout.releases import (
     sources_of,
 )
 from turnout.runtime import _Attempts
+from turnout.telemetry import Telemetry
 
 LEASE = 30.0
 START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -402,6 +403,9 @@ class _RunnerLedger:
         self.moved(to, record)
         return record
 
+    def clock(self) -> datetime:
+        return self.ledger.clock()
+
 
 @dataclass
 class KeyModel:
@@ -637,8 +641,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             revision=1,
             idempotent=self.target_idempotent,
         )
-        turnout = SimpleNamespace(ledger=ledger, _sleep=lambda _seconds: None)
-        attempts = _Attempts(turnout, claim, spec, plugin, [], ARTIFACT, {}, {}, key)
+        turnout = SimpleNamespace(
+            ledger=ledger, _sleep=lambda _seconds: None, telemetry=Telemetry()
+        )
+        attempts = _Attempts(turnout, claim, spec, plugin, [], ARTIFACT, {}, {}, key, REF)
         deployed_before = model.deployed
         try:
             record = attempts.reconcile()

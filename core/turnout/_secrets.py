@@ -64,3 +64,32 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def redact_values(value: Any, secrets: Iterable[str]) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings) with :func:`redact` applied to every string."""
+    secrets = list(secrets)
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, Mapping):
+        return {redact(k, secrets): redact_values(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(v, secrets) for v in value]
+    return value
+
+
+_UNSAFE = (
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+)  # C0 and C1 controls, DEL, line separators, bidi controls
+_ESCAPES = {c: chr(c).encode("unicode_escape").decode() for c in _UNSAFE} | {ord("\\"): "\\\\"}
+
+
+def escape(text: str) -> str:
+    """``text`` as one line with no control characters: line breaks, ANSI escapes and bidi
+    controls become backslash escapes (``\\n``, ``\\x1b``, ``\\u202e``); a backslash doubles."""
+    return text.translate(_ESCAPES)

@@ -2,7 +2,8 @@
 
 This file runs in the plugin's own environment, started as ``python -I -S … _serve.py`` by
 :mod:`turnout.worker`: it imports only the standard library and pluggy (from the plugin's
-environment), and loads ``hookspecs.py`` from beside itself by path. The core imports the
+environment; ``opentelemetry-api`` too, when a request carries trace context and the plugin's
+environment has it), and loads ``hookspecs.py`` from beside itself by path. The core imports the
 shared pieces from here too (frames, the retryable rule, the result check), so both sides of
 the pipe use one implementation.
 
@@ -301,6 +302,35 @@ def _answer(manager: Any, op: str, args: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown operation {op!r}")
 
 
+_propagation: Any = None
+
+
+@contextlib.contextmanager
+def _traced(headers: dict[str, str] | None) -> Any:
+    """Make the core's trace context current while a request runs, when the plugin's
+    environment has ``opentelemetry-api`` (a plugin that makes spans depends on it)."""
+    global _propagation  # noqa: PLW0603 - imported once, on the first traced request
+    if headers and _propagation is None:
+        try:
+            from opentelemetry import context
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+        except ImportError:
+            _propagation = False
+        else:
+            _propagation = (context, TraceContextTextMapPropagator())
+    if not headers or not _propagation:
+        yield
+        return
+    context, propagator = _propagation
+    token = context.attach(propagator.extract(headers))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def serve(requests: int, responses: int) -> int:
     """Answer requests until the core closes the pipe or asks to stop; return the exit code."""
     import faulthandler
@@ -322,7 +352,8 @@ def serve(requests: int, responses: int) -> int:
             return 0
         stopping = False
         try:
-            answer = _answer(manager, request["op"], request.get("args", {}))
+            with _traced(request.get("trace")):
+                answer = _answer(manager, request["op"], request.get("args", {}))
         except BaseException as exc:  # noqa: BLE001 - every plugin error goes back to the core
             answer = _error(exc)
             # The plugin asked to exit (SystemExit, KeyboardInterrupt): report it, then do so.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -93,10 +92,30 @@ def _handle(ctx: click.Context) -> Turnout:
 
     obj: dict[str, Any] = ctx.ensure_object(dict)
     if "turnout" not in obj:
+        _telemetry(ctx)
         obj["turnout"] = Turnout(obj.get("db"))
         ctx.call_on_close(obj["turnout"].close)
     handle: Turnout = obj["turnout"]
     return handle
+
+
+_configured: list[bool] = []
+
+
+def _telemetry(ctx: click.Context) -> None:
+    """Set up OpenTelemetry from ``OTEL_*`` (once per process: its providers are global),
+    flushed when the command ends."""
+    from turnout import telemetry
+
+    if _configured:
+        return
+    try:
+        shutdown = telemetry.configure()
+    except RuntimeError as exc:
+        raise ConfigurationError(str(exc)) from None
+    _configured.append(True)
+    if shutdown is not None:
+        ctx.call_on_close(shutdown)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -175,17 +194,26 @@ def edit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="How much turnout logs to stderr.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as JSON objects (with release_id, target and plugin).",
+)
 @click.version_option(__version__, prog_name="turnout")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, log_level: str) -> None:
+def cli(ctx: click.Context, db: str | None, log_level: str, log_format: str) -> None:
     """Send every release to the releaser version its operators chose.
 
     A registry maps each release target to an exact plugin version (plugin@version); turnout
     runs exactly that version, retries only transient errors, never releases twice for one
     idempotency key, and records every release.
     """
+    from turnout import _logging
+
     ctx.ensure_object(dict)["db"] = db
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _logging.configure(log_level, log_format)
 
 
 # db ----------------------------------------------------------------------------------------

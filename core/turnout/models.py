@@ -110,7 +110,8 @@ class Release(SQLModel, table=True):
     and ``lease_expires_at`` says until when the holder is presumed alive (see
     :class:`turnout.releases.Ledger`); ``replay_of`` links a replay to its original;
     ``decision`` records why the release got its version (routing revision, rule, bucket, ref),
-    written once at the claim and never changed.
+    written once at the claim and never changed; ``attempt_log`` holds one entry per attempt
+    (when it started, seconds it took, how it ended, the error's type and redacted message).
     """
 
     __tablename__ = "releases"
@@ -138,5 +139,6 @@ class Release(SQLModel, table=True):
     lease_expires_at: datetime | None = _timestamp(nullable=True)
     replay_of: str | None = Field(default=None, index=True)
     decision: dict[str, Any] | None = _json(nullable=True)
+    attempt_log: list[dict[str, Any]] | None = _json(nullable=True)
     started_at: datetime = _timestamp(index=True)
     finished_at: datetime | None = _timestamp(nullable=True)

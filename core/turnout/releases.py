@@ -185,6 +185,9 @@ class ReleaseRecord:
     finished_at: datetime | None
     replay_of: str | None = None
     decision: dict[str, Any] | None = None
+    attempt_log: list[dict[str, Any]] | None = None
+    """One entry per attempt: ``attempt``, ``started_at``, ``duration``, ``outcome`` and, for a
+    failed one, ``error_type``, ``error`` (redacted) and ``retryable``."""
     reused: bool = False
     """True when this call found the key already released and ran nothing."""
 
@@ -246,6 +249,7 @@ class ReleaseRecord:
             finished_at=_aware(row["finished_at"]),
             replay_of=row["replay_of"],
             decision=row["decision"],
+            attempt_log=row["attempt_log"],
             reused=reused,
         )
 
@@ -510,19 +514,20 @@ class Ledger:
         target: str | None = None,
         since: datetime | None = None,
         statuses: Sequence[Status] | None = None,
+        plugin: PluginRef | str | None = None,
+        customer: str | None = None,
         originals_only: bool = False,
         limit: int | None = 20,
         oldest_first: bool = False,
     ) -> list[ReleaseRecord]:
-        """Releases, newest first (or oldest first), filtered as asked."""
+        """Releases, newest first (or oldest first), filtered as asked.
+
+        ``plugin`` is a ref (that version) or a plugin id (every version of it); ``customer``
+        matches the ``customer`` attribute of the release's context.
+        """
         order = (TABLE.c.started_at, TABLE.c.id)
         query = TABLE.select().order_by(*(order if oldest_first else (c.desc() for c in order)))
-        if target is not None:
-            query = query.where(TABLE.c.target == target)
-        if since is not None:
-            query = query.where(TABLE.c.started_at >= since)
-        if statuses is not None:
-            query = query.where(TABLE.c.status.in_([s.value for s in statuses]))
+        query = _filtered(query, target, since, statuses, plugin, customer)
         if originals_only:
             query = query.where(TABLE.c.replay_of.is_(None))
         if limit is not None:
@@ -530,6 +535,36 @@ class Ledger:
         with _db.reader(self.engine) as conn:
             rows = conn.execute(query).mappings().all()
         return [ReleaseRecord.from_row(row) for row in rows]
+
+    def outcomes(
+        self,
+        *,
+        since: datetime | None = None,
+        target: str | None = None,
+        plugin: PluginRef | str | None = None,
+        customer: str | None = None,
+    ) -> Iterator[RowMapping]:
+        """What :mod:`turnout.stats` counts: a few columns of every matching release.
+
+        Rows have ``target``, ``plugin_id``, ``plugin_version``, ``context``, ``status``,
+        ``attempts``, ``started_at`` and ``finished_at``; they are streamed, not listed.
+        """
+        columns = [
+            TABLE.c[name]
+            for name in (
+                "target",
+                "plugin_id",
+                "plugin_version",
+                "context",
+                "status",
+                "attempts",
+                "started_at",
+                "finished_at",
+            )
+        ]
+        query = _filtered(sa.select(*columns), target, since, None, plugin, customer)
+        with _db.reader(self.engine) as conn:
+            yield from conn.execution_options(yield_per=2000).execute(query).mappings()
 
     def contexts(self, target: str, *, since: datetime) -> list[dict[str, str]]:
         """The context of each release to ``target`` started since ``since``, oldest first."""
@@ -619,6 +654,31 @@ class _Heartbeat:
                 log.exception("heartbeat failed")
 
 
+def _filtered(
+    query: Any,
+    target: str | None,
+    since: datetime | None,
+    statuses: Sequence[Status] | None,
+    plugin: PluginRef | str | None,
+    customer: str | None,
+) -> Any:
+    if target is not None:
+        query = query.where(TABLE.c.target == target)
+    if since is not None:
+        query = query.where(TABLE.c.started_at >= since)
+    if statuses is not None:
+        query = query.where(TABLE.c.status.in_([s.value for s in statuses]))
+    if isinstance(plugin, PluginRef):
+        query = query.where(
+            TABLE.c.plugin_id == plugin.plugin_id, TABLE.c.plugin_version == plugin.version
+        )
+    elif plugin is not None:
+        query = query.where(TABLE.c.plugin_id == plugin)
+    if customer is not None:
+        query = query.where(TABLE.c.context["customer"].as_string() == customer)
+    return query
+
+
 def _same_token(token: str | None) -> Any:
     return TABLE.c.token.is_(None) if token is None else TABLE.c.token == token
 
@@ -632,6 +692,7 @@ _ROW_DEFAULTS = {
     "finished_at": None,
     "replay_of": None,
     "decision": None,
+    "attempt_log": None,
 }
 
 

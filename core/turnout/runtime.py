@@ -18,15 +18,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Span, TracerProvider
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from sqlalchemy.engine import URL
 
-from turnout import _db, _secrets, environment, retries
+from turnout import _db, _secrets, environment, retries, telemetry
 from turnout._serve import MalformedResultError, qualified_name
 from turnout.errors import (
     ConfigRejectedError,
@@ -78,6 +80,7 @@ from turnout.routing import (
     without_route,
 )
 from turnout.store import InstallRequest, Store, StorePlugin
+from turnout.telemetry import Telemetry
 from turnout.worker import WorkerError, WorkerReleaser, WorkerSpec
 
 log = logging.getLogger("turnout")
@@ -122,6 +125,9 @@ class Turnout:
         sleep: How to wait between attempts (tests inject a fake).
         lease: Seconds a claim stays valid without a heartbeat; default
             ``TURNOUT_LEASE_SECONDS``, else 60.
+        tracer_provider: Where release spans go (:mod:`turnout.telemetry`); default the
+            global OpenTelemetry provider.
+        meter_provider: Where release metrics go; default the global provider.
     """
 
     def __init__(
@@ -131,6 +137,8 @@ class Turnout:
         home: str | os.PathLike[str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         lease: float | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         if lease is None:
             lease = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE)
@@ -138,6 +146,7 @@ class Turnout:
         self.ledger = Ledger(self.registry.engine, lease=lease)
         self.store = Store(home)
         self._sleep = sleep
+        self.telemetry = Telemetry(tracer_provider, meter_provider)
         self._releasers: dict[tuple[PluginRef, str], Releaser] = {}
         self._validated: set[tuple[str, int, PluginRef]] = set()
         self._routing: dict[str, Router] = {}
@@ -192,6 +201,24 @@ class Turnout:
         if not isinstance(artifact, str) or not artifact:
             raise UsageError("artifact must be a non-empty path or URL")
         ctx = validate_context(context)
+        with self.telemetry.release_span(target, key, ctx) as span:
+            try:
+                record = self._release(span, target, artifact, key, ctx, replay_of)
+            except TurnoutError as exc:
+                _observe(span, _record_of(exc), exc)
+                raise
+            _observe(span, record, None)
+            return record
+
+    def _release(
+        self,
+        span: Span,
+        target: str,
+        artifact: str,
+        key: str,
+        ctx: dict[str, str],
+        replay_of: str | None,
+    ) -> ReleaseRecord:
         for _ in range(ROUTING_RETRIES):
             router = self._router(target)
             spec, decision = router.spec, router.resolve(ctx)
@@ -231,12 +258,34 @@ class Turnout:
             break
         else:
             raise stale  # the routing changed under every try: let the runner retry later
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    telemetry.PLUGIN_ID: ref.plugin_id,
+                    telemetry.PLUGIN_VERSION: ref.version,
+                    telemetry.REVISION: spec.revision,
+                    telemetry.RULE: decision.rule,
+                }
+            )
         if isinstance(outcome, ReleaseRecord):
-            log.info("release %s: key %r already released; nothing ran", outcome.id, key)
+            log.info(
+                "release %s: key %r already released; nothing ran",
+                outcome.id,
+                key,
+                extra=_fields(outcome.id, spec.name, ref),
+            )
             return outcome.raise_for_status()
-        run = _Attempts(self, outcome, spec, releaser, secrets, artifact, config, ctx, key)
+        span.set_attribute(telemetry.RELEASE_ID, outcome.id)
+        run = _Attempts(self, outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
         with self.ledger.hold(outcome):
             record = run.reconcile() if outcome.takeover else run.run()
+        self.telemetry.count(
+            target=spec.name,
+            plugin_id=ref.plugin_id,
+            version=ref.version,
+            outcome=record.status.value,
+            duration=record.duration,
+        )
         return record.raise_for_status()
 
     def _router(self, name: str) -> Router:
@@ -909,6 +958,29 @@ def _record_of(exc: TurnoutError) -> ReleaseRecord | None:
     return record
 
 
+def _fields(release_id: str, target: str, ref: PluginRef) -> dict[str, str]:
+    """The ``extra`` of a log record about one release (JSON log lines carry them)."""
+    return {"release_id": release_id, "target": target, "plugin": str(ref)}
+
+
+def _observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | None) -> None:
+    """Put a release's outcome on its span: ``turnout.outcome`` and, when it failed, why."""
+    if not span.is_recording():
+        return
+    if record is not None:
+        span.set_attribute(telemetry.ATTEMPTS, record.attempts)
+        outcome = "reused" if record.reused else record.status.value
+        span.set_attribute(telemetry.OUTCOME, outcome)
+        if record.status in (Status.SUCCEEDED, Status.RECONCILED):
+            return
+        telemetry.fail(
+            span, record.error_type or record.status.value, record.error or record.status.value
+        )
+    elif error is not None:
+        span.set_attribute(telemetry.OUTCOME, "refused")
+        telemetry.fail(span, qualified_name(type(error)), str(error))
+
+
 class _Attempts:
     """What one claim of a release does: reconcile a takeover, run attempts, record the outcome."""
 
@@ -923,6 +995,7 @@ class _Attempts:
         config: dict[str, Any],
         context: dict[str, str],
         key: str,
+        ref: PluginRef,
     ) -> None:
         self.turnout = turnout
         self.ledger = turnout.ledger
@@ -936,7 +1009,10 @@ class _Attempts:
         self.config = config
         self.context = context
         self.key = key
+        self.ref = ref
         self.outputs: list[str] = []
+        self.log: list[dict[str, Any]] = list(claim.values.get("attempt_log") or ())
+        self.extra = _fields(claim.id, spec.name, ref)
 
     def reconcile(self) -> ReleaseRecord:
         """A takeover: the previous runner died mid-call. Ask, re-invoke, or say "unknown".
@@ -945,7 +1021,9 @@ class _Attempts:
         without one, a target marked idempotent is called again with the same key; otherwise
         the release is recorded ``unknown`` for a human to decide. A new key is never made up.
         """
-        log.warning("release %s: its runner stopped mid-call; reconciling", self.claim.id)
+        log.warning(
+            "release %s: its runner stopped mid-call; reconciling", self.claim.id, extra=self.extra
+        )
         try:
             implemented, result = self.releaser.probe(
                 artifact=self.artifact,
@@ -959,7 +1037,9 @@ class _Attempts:
                 self.claim, Status.UNKNOWN, error=self._message(exc), retryable=True
             )
         if implemented and result is not None:
-            return self.ledger.move(self.claim, Status.RECONCILED, result=result, error=None)
+            return self.ledger.move(
+                self.claim, Status.RECONCILED, result=self._redacted(result), error=None
+            )
         if implemented or self.spec.idempotent:
             return self.run(first_attempt=self.claim.attempts + 1)
         return self.ledger.move(
@@ -973,25 +1053,35 @@ class _Attempts:
     def run(self, first_attempt: int = 1) -> ReleaseRecord:
         """The attempts, under the retry policy and the same key, then the recorded outcome."""
         count = first_attempt - 1
+        spans = self.turnout.telemetry
 
         def attempt() -> dict[str, Any]:
             nonlocal count
             count += 1
             if count > 1 or self.claim.takeover:
-                self.ledger.move(self.claim, Status.RUNNING, attempts=count)
-            try:
-                return self.releaser.release(
-                    artifact=self.artifact,
-                    target=self.spec.name,
-                    config=self.config,
-                    context=self.context,
-                    idempotency_key=self.key,
-                    attempt=count,
-                    timeout=self.spec.timeout,
+                self.ledger.move(
+                    self.claim, Status.RUNNING, attempts=count, attempt_log=list(self.log)
                 )
-            finally:
-                if self.releaser.output:
-                    self.outputs.append(f"--- attempt {count} ---\n{self.releaser.output}")
+            started, clock = self.ledger.clock(), time.perf_counter()
+            with spans.attempt_span(count, self.ref.plugin_id, self.ref.version) as span:
+                try:
+                    result = self.releaser.release(
+                        artifact=self.artifact,
+                        target=self.spec.name,
+                        config=self.config,
+                        context=self.context,
+                        idempotency_key=self.key,
+                        attempt=count,
+                        timeout=self.spec.timeout,
+                    )
+                except BaseException as exc:
+                    entry = self._note(count, started, clock, exc)
+                    telemetry.fail(span, entry["error_type"], entry["error"])
+                    raise
+                finally:
+                    self._keep_output(count)
+                self._note(count, started, clock, None)
+                return result
 
         policy = retries.release_policy(
             max_attempts=self.spec.max_attempts,
@@ -1007,30 +1097,85 @@ class _Attempts:
                 self.claim,
                 Status.TIMED_OUT if isinstance(exc, WorkerTimeoutError) else Status.FAILED,
                 error=self._message(exc),
-                error_type=exc.type_name
-                if isinstance(exc, WorkerError)
-                else qualified_name(type(exc)),
+                error_type=_error_type(exc),
                 retryable=retries.is_transient(exc) and not isinstance(exc, MalformedResultError),
                 output=self._output(),
+                attempt_log=self.log,
             )
-            log.warning("release %s failed after %d attempt(s): %s", record.id, count, record.error)
+            log.warning(
+                "release %s failed after %d attempt(s): %s",
+                record.id,
+                count,
+                record.error,
+                extra=self.extra,
+            )
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: recorded, then honoured
             return record
         record = self.ledger.move(
-            self.claim, Status.SUCCEEDED, result=result, error=None, output=self._output()
+            self.claim,
+            Status.SUCCEEDED,
+            result=self._redacted(result),
+            error=None,
+            output=self._output(),
+            attempt_log=self.log,
         )
-        log.info("release %s succeeded after %d attempt(s)", record.id, count)
+        log.info("release %s succeeded after %d attempt(s)", record.id, count, extra=self.extra)
         return record
+
+    def _note(
+        self, number: int, started: datetime, clock: float, exc: BaseException | None
+    ) -> dict[str, Any]:
+        """Add one attempt to the release's attempt log and return its entry."""
+        entry: dict[str, Any] = {
+            "attempt": number,
+            "started_at": started.isoformat(),
+            "duration": round(time.perf_counter() - clock, 6),
+        }
+        if exc is None:
+            entry["outcome"] = Status.SUCCEEDED.value
+        else:
+            entry["outcome"] = (
+                Status.TIMED_OUT.value if isinstance(exc, WorkerTimeoutError) else "error"
+            )
+            entry["error_type"] = _error_type(exc)
+            entry["error"] = self._message(exc)
+            entry["retryable"] = retries.is_transient(exc) and not isinstance(
+                exc, MalformedResultError
+            )
+        self.log.append(entry)
+        return entry
+
+    def _keep_output(self, number: int) -> None:
+        output = self.releaser.output
+        if not output:
+            return
+        self.outputs.append(f"--- attempt {number} ---\n{output}")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "release %s attempt %d: plugin output %s",
+                self.claim.id,
+                number,
+                _secrets.escape(_secrets.redact(output, self.secrets)),
+                extra=self.extra,
+            )
 
     def _message(self, exc: BaseException) -> str:
         text = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
         return _secrets.redact(text, self.secrets)
 
+    def _redacted(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The plugin's result with every secret value replaced, wherever it is nested."""
+        return _secrets.redact_values(result, self.secrets) if self.secrets else result
+
     def _output(self) -> str | None:
         if not self.outputs:
             return None
         return _secrets.redact("\n".join(self.outputs), self.secrets)[-OUTPUT_LIMIT:]
+
+
+def _error_type(exc: BaseException) -> str:
+    return exc.type_name if isinstance(exc, WorkerError) else qualified_name(type(exc))
 
 
 _default: dict[str, Turnout] = {}

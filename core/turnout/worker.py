@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turnout import _serve
+from turnout import _serve, telemetry
 from turnout.errors import (
     ConfigRejectedError,
     PluginLoadError,
@@ -220,9 +220,11 @@ class WorkerProcess:
             WorkerCrashedError: The worker died before answering.
         """
         nonce = secrets.token_hex(8)
-        answer = self._exchange(
-            {"op": op, "args": dict(args), "nonce": nonce}, timeout, nonce=nonce
-        )
+        message: dict[str, Any] = {"op": op, "args": dict(args), "nonce": nonce}
+        trace = telemetry.carrier()
+        if trace:  # only while a span records: the plugin's own spans nest under the attempt
+            message["trace"] = trace
+        answer = self._exchange(message, timeout, nonce=nonce)
         return answer, self._output.take(nonce.encode(), wait=1.0)
 
     def _exchange(
