@@ -75,12 +75,14 @@ def _print_json(data: Any) -> None:
 def _print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
+        # Text, not markup: a "[red]" in a plugin's error message is printed as written.
+        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     # A pipe gets whole rows (a table is as wide as its content); a terminal gets its width.
     width = None if sys.stdout.isatty() else 10_000
     Console(soft_wrap=False, width=width).print(table)
@@ -1085,6 +1087,7 @@ def _parse_context(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _print_release(record: ReleaseRecord, as_json: bool) -> None:
+    """The request, the decision, the outcome, every attempt, the timings, the output tail."""
     if as_json:
         _print_json(record.to_dict())
         return
@@ -1095,26 +1098,78 @@ def _print_release(record: ReleaseRecord, as_json: bool) -> None:
         ("key", record.idempotency_key),
         ("artifact", record.artifact),
         ("context", json.dumps(record.context) if record.context else ""),
-        ("status", record.status.value),
-        ("attempts", record.attempts),
-        ("started", record.started_at.isoformat(timespec="seconds")),
-        ("duration", f"{record.duration:.3f}s" if record.duration is not None else ""),
     ]
-    if record.result is not None:
-        rows.append(("result", json.dumps(record.result, sort_keys=True)))
-    if record.error:
-        rows.append(("error", record.error))
     if record.replay_of:
         rows.append(("replay of", record.replay_of))
     if record.decision:
-        decision = record.decision
-        why = f"{decision.get('rule')} at revision {decision.get('revision')}"
-        if decision.get("route"):
-            why += f", route {decision['route']}"
-        if decision.get("bucket") is not None:
-            why += f", bucket {decision['bucket']} by {decision.get('key')}"
-        rows.append(("decision", f"{decision.get('plugin')}: {why}"))
+        rows.append(("decision", _decision_text(record.decision)))
+    rows += [("status", record.status.value), ("attempts", record.attempts)]
+    if record.result is not None:
+        rows.append(("result", json.dumps(record.result, sort_keys=True)))
+    if record.error:
+        retry = {True: " (transient)", False: " (permanent)", None: ""}[record.retryable]
+        rows.append(("error", record.error + retry))
+    if record.error_type:
+        rows.append(("error type", record.error_type))
+    rows += _timings(record)
     _print_table(None, ["field", "value"], rows)
+    if record.attempt_log:
+        _print_table(
+            "attempts",
+            ["#", "started", "took", "outcome", "error"],
+            [
+                (
+                    entry.get("attempt"),
+                    str(entry.get("started_at", ""))[11:23],
+                    _seconds(entry.get("duration")),
+                    entry.get("outcome"),
+                    entry.get("error", "") + (" (transient)" if entry.get("retryable") else ""),
+                )
+                for entry in record.attempt_log
+            ],
+        )
+    if record.output:
+        from turnout._secrets import escape
+
+        lines = record.output.splitlines()
+        shown = lines[-OUTPUT_LINES:]
+        click.echo(f"plugin output (last {len(shown)} of {len(lines)} stored lines):")
+        for line in shown:
+            click.echo("  " + escape(line))
+
+
+OUTPUT_LINES = 40
+"""Lines of a release's stored plugin output that ``releases show`` prints (``--json``: all)."""
+
+
+def _decision_text(decision: dict[str, Any]) -> str:
+    why = f"{decision.get('rule')} at revision {decision.get('revision')}"
+    if decision.get("route"):
+        why += f", route {decision['route']}"
+    if decision.get("bucket") is not None:
+        why += f", bucket {decision['bucket']} by {decision.get('key')}"
+    return f"{decision.get('plugin')}: {why}"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.3f}s"
+
+
+def _timings(record: ReleaseRecord) -> list[tuple[str, str]]:
+    """Started, finished, total; with an attempt log: time in attempts and waiting between."""
+    rows = [("started", record.started_at.isoformat(timespec="milliseconds"))]
+    if record.finished_at is not None:
+        rows.append(("finished", record.finished_at.isoformat(timespec="milliseconds")))
+        rows.append(("duration", _seconds(record.duration)))
+    log = record.attempt_log or []
+    if log:
+        working = sum(float(entry.get("duration") or 0) for entry in log)
+        rows.append(("in attempts", _seconds(working)))
+        if record.duration is not None and len(log) > 1:
+            rows.append(("waiting, recording", _seconds(max(0.0, record.duration - working))))
+    return rows
 
 
 @cli.command("release")
@@ -1158,41 +1213,123 @@ def release_command(
 # releases ----------------------------------------------------------------------------------
 
 
+def _filter_options(
+    default_since: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--since``, ``--target``, ``--plugin`` and ``--customer``, given to the command as one
+    ``filters`` dict of :meth:`Ledger.recent`/:meth:`Ledger.outcomes` keyword arguments."""
+    return functools.partial(_with_filters, default_since=default_since)
+
+
+def _with_filters(command: Callable[..., Any], default_since: str | None) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def run(
+        *args: Any,
+        since: str | None,
+        target_name: str | None,
+        plugin_ref: str | None,
+        customer: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        from turnout.models import utcnow
+        from turnout.refs import PluginRef
+
+        plugin: PluginRef | str | None = plugin_ref
+        if plugin_ref is not None and "@" in plugin_ref:
+            plugin = PluginRef.parse(plugin_ref)
+        filters = {
+            "since": utcnow() - _duration(since) if since else None,
+            "target": target_name,
+            "plugin": plugin,
+            "customer": customer,
+        }
+        return command(*args, filters=filters, **kwargs)
+
+    options = [
+        click.option(
+            "--since",
+            metavar="DURATION",
+            default=default_since,
+            show_default=default_since is not None,
+            help="Only releases started this recently: 90s, 20m, 1h, 7d.",
+        ),
+        click.option("--target", "target_name", help="Only releases to this target."),
+        click.option(
+            "--plugin",
+            "plugin_ref",
+            metavar="ID[@VERSION]",
+            help="Only releases by this plugin (every version), or by this exact version.",
+        ),
+        click.option("--customer", help="Only releases whose context names this customer."),
+    ]
+    for option in reversed(options):
+        run = option(run)
+    return run
+
+
+STATUSES = ("claimed", "running", "succeeded", "failed", "timed_out", "unknown", "reconciled")
+"""The values of :class:`turnout.releases.Status` (named here: the CLI imports it lazily)."""
+
+
 @cli.group(invoke_without_command=True)
-@click.option("--target", "target_name", help="Only releases to this target.")
+@_filter_options()
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATUSES),
+    help="Only releases in this state (repeatable).",
+)
 @click.option(
     "--limit",
-    type=click.IntRange(1, 10_000),
+    type=click.IntRange(1, 100_000),
     default=20,
     show_default=True,
     help="How many, newest first.",
 )
 @json_option
 @click.pass_context
-def releases(ctx: click.Context, target_name: str | None, limit: int, as_json: bool) -> None:
-    """List recorded releases, newest first (see also: releases show ID)."""
+def releases(
+    ctx: click.Context,
+    filters: dict[str, Any],
+    statuses: tuple[str, ...],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List recorded releases, newest first (see also: releases show ID, stats).
+
+    \b
+    Examples:
+      turnout releases --since 1h --status failed
+      turnout releases --plugin directory@1.1.0 --customer acme --json
+    """
     if ctx.invoked_subcommand is not None:
         return
+    from turnout.releases import Status
+
     handle = _handle(ctx)
     handle.registry.ensure_schema()
-    records = handle.ledger.recent(target=target_name, limit=limit)
+    wanted = [Status(s) for s in statuses] or None
+    records = handle.ledger.recent(statuses=wanted, limit=limit, **filters)
     if as_json:
         _print_json([r.to_dict() for r in records])
         return
     if not records:
-        _say("no releases recorded" + (f" for target {target_name!r}" if target_name else ""))
+        _say("no releases recorded" + _filters_text(filters, statuses))
         return
     _print_table(
         "releases",
-        ["release", "target", "plugin", "key", "status", "attempts", "started"],
+        ["release", "target", "plugin", "customer", "key", "status", "attempts", "took", "started"],
         [
             (
                 r.id,
                 r.target,
                 r.plugin_ref,
+                r.context.get("customer", ""),
                 r.idempotency_key,
                 r.status.value,
                 r.attempts,
+                _seconds(r.duration),
                 r.started_at.isoformat(timespec="seconds"),
             )
             for r in records
@@ -1200,12 +1337,22 @@ def releases(ctx: click.Context, target_name: str | None, limit: int, as_json: b
     )
 
 
+def _filters_text(filters: dict[str, Any], statuses: Sequence[str] = ()) -> str:
+    said = [f"{name} {value}" for name, value in filters.items() if value and name != "since"]
+    if filters.get("since"):
+        said.append(f"since {filters['since'].isoformat(timespec='seconds')}")
+    if statuses:
+        said.append(f"status {'/'.join(statuses)}")
+    return f" ({', '.join(said)})" if said else ""
+
+
 @releases.command("show")
 @click.argument("release_id")
 @json_option
 @click.pass_context
 def releases_show(ctx: click.Context, release_id: str, as_json: bool) -> None:
-    """Show one release: request, outcome, result or error."""
+    """Show one release: the request, the routing decision, the outcome, every attempt with
+    its error, the timings and the tail of what the plugin printed."""
     handle = _handle(ctx)
     handle.registry.ensure_schema()
     record = handle.ledger.get(release_id)
@@ -1214,6 +1361,90 @@ def releases_show(ctx: click.Context, release_id: str, as_json: bool) -> None:
         ctx.exit(EXIT_USAGE)
     assert record is not None  # noqa: S101 - ctx.exit does not return
     _print_release(record, as_json)
+
+
+# stats ---------------------------------------------------------------------------------------
+
+
+@cli.command("stats")
+@click.option(
+    "--by",
+    "by",
+    multiple=True,
+    metavar="DIMENSION",
+    help="Group by version (plugin@version), plugin, target, customer, plan, project or "
+    "channel; repeat it (or use commas) for several. Default: version.",
+)
+@_filter_options(default_since="1h")
+@json_option
+@click.pass_context
+def stats_command(
+    ctx: click.Context, by: tuple[str, ...], filters: dict[str, Any], as_json: bool
+) -> None:
+    """Releases, failures, error rate, p50/p95/p99 duration and mean attempts per group.
+
+    The error rate is failed (or timed out) releases over those that ended; releases still
+    running or left unknown are counted apart. Groups with the highest error rate come first.
+
+    \b
+    Examples:
+      turnout stats                                  error rate per version, last hour
+      turnout stats --by version --customer acme     per version, for customer acme
+      turnout stats --by version --by plan --since 1d
+    """
+    from turnout import stats
+
+    dimensions = [name.strip() for value in by or ("version",) for name in value.split(",")]
+    try:
+        handle = _handle(ctx)
+        handle.registry.ensure_schema()
+        groups, total = stats.summarize(handle.ledger.outcomes(**filters), dimensions)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if as_json:
+        _print_json(
+            {"by": dimensions, "groups": [g.to_dict() for g in groups], "total": total.to_dict()}
+        )
+        return
+    if not groups:
+        _say("no releases recorded" + _filters_text(filters))
+        return
+
+    def row(group: stats.GroupStats, names: Sequence[str | None]) -> list[Any]:
+        data = group.to_dict()
+        rate = data["error_rate"]
+        return [
+            *names,
+            data["releases"],
+            data["succeeded"],
+            data["failed"],
+            data["unknown"] + data["running"],
+            "" if rate is None else f"{rate:.1%}",
+            _seconds(data["p50"]),
+            _seconds(data["p95"]),
+            _seconds(data["p99"]),
+            "" if data["mean_attempts"] is None else f"{data['mean_attempts']:.2f}",
+        ]
+
+    rows = [row(g, [value or "-" for value in g.group.values()]) for g in groups]
+    if len(groups) > 1:
+        rows.append(row(total, ["(all)", *[""] * (len(dimensions) - 1)]))
+    _print_table(
+        "releases" + _filters_text(filters),
+        [
+            *dimensions,
+            "releases",
+            "ok",
+            "failed",
+            "open",
+            "error rate",
+            "p50",
+            "p95",
+            "p99",
+            "attempts",
+        ],
+        rows,
+    )
 
 
 # reconcile and replay ------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""Release counts, error rates and durations per version, plugin, target, customer or plan.
+
+The rows come from :meth:`turnout.releases.Ledger.outcomes` (streamed, a few columns each);
+grouping happens here, the same way on every database. The error rate is failed releases
+over ended ones (succeeded, reconciled, failed, timed out); releases still running and those
+left ``unknown`` are counted apart and are not in the rate. Durations (claim to outcome) are
+those of the releases that ran to an outcome: succeeded, failed or timed out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from turnout.releases import Status
+
+DIMENSIONS = ("version", "plugin", "target", "customer", "plan", "project", "channel")
+"""What ``--by`` takes: ``version`` is the plugin ref (``id@version``), ``plugin`` the id;
+``customer``, ``plan``, ``project`` and ``channel`` come from the release's context."""
+
+_SUCCEEDED = frozenset({Status.SUCCEEDED.value, Status.RECONCILED.value})
+_FAILED = frozenset({Status.FAILED.value, Status.TIMED_OUT.value})
+_TIMED = frozenset({Status.SUCCEEDED.value, Status.FAILED.value, Status.TIMED_OUT.value})
+
+
+@dataclass(slots=True)
+class GroupStats:
+    """The releases of one group: counts, error rate, duration percentiles, mean attempts."""
+
+    group: dict[str, str | None]
+    releases: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    unknown: int = 0
+    running: int = 0
+    attempts: int = 0
+    durations: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def error_rate(self) -> float | None:
+        """Failed over ended releases; ``None`` when none ended."""
+        ended = self.succeeded + self.failed
+        return self.failed / ended if ended else None
+
+    @property
+    def mean_attempts(self) -> float | None:
+        return self.attempts / self.releases if self.releases else None
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q``-th percentile (0-100) of the durations, linearly interpolated."""
+        return percentile(sorted(self.durations), q)
+
+    def add(self, row: Mapping[Any, Any]) -> None:
+        status = row["status"]
+        self.releases += 1
+        self.attempts += row["attempts"]
+        if status in _SUCCEEDED:
+            self.succeeded += 1
+        elif status in _FAILED:
+            self.failed += 1
+        elif status == Status.UNKNOWN.value:
+            self.unknown += 1
+        else:
+            self.running += 1
+        if status in _TIMED and row["finished_at"] is not None:
+            self.durations.append((row["finished_at"] - row["started_at"]).total_seconds())
+
+    def to_dict(self) -> dict[str, Any]:
+        ordered = sorted(self.durations)
+        return {
+            **self.group,
+            "releases": self.releases,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "unknown": self.unknown,
+            "running": self.running,
+            "error_rate": self.error_rate,
+            "p50": percentile(ordered, 50),
+            "p95": percentile(ordered, 95),
+            "p99": percentile(ordered, 99),
+            "mean_attempts": self.mean_attempts,
+        }
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile of sorted values, interpolated between closest ranks."""
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(
+    rows: Iterable[Mapping[Any, Any]], by: Sequence[str]
+) -> tuple[list[GroupStats], GroupStats]:
+    """Group ``rows`` by the ``by`` dimensions, in that order.
+
+    Returns:
+        One :class:`GroupStats` per group, the highest error rate first (then the most
+        releases), and the totals over all rows.
+
+    Raises:
+        ValueError: A dimension is not one of :data:`DIMENSIONS`.
+    """
+    unknown = [name for name in by if name not in DIMENSIONS]
+    if unknown:
+        raise ValueError(f"cannot group by {', '.join(unknown)}; use {', '.join(DIMENSIONS)}")
+    groups: dict[tuple[str | None, ...], GroupStats] = {}
+    total = GroupStats({})
+    for row in rows:
+        values = tuple(_value(row, name) for name in by)
+        stats = groups.get(values)
+        if stats is None:
+            stats = groups[values] = GroupStats(dict(zip(by, values, strict=True)))
+        stats.add(row)
+        total.add(row)
+    ranked = sorted(
+        groups.values(),
+        key=lambda g: (-(g.error_rate or 0.0), -g.releases, [v or "" for v in g.group.values()]),
+    )
+    return ranked, total
+
+
+def _value(row: Mapping[Any, Any], dimension: str) -> str | None:
+    if dimension == "version":
+        return f"{row['plugin_id']}@{row['plugin_version']}"
+    if dimension == "plugin":
+        return str(row["plugin_id"])
+    if dimension == "target":
+        return str(row["target"])
+    value = (row["context"] or {}).get(dimension)
+    return None if value is None else str(value)
