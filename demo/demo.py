@@ -200,6 +200,20 @@ def routing() -> None:
     if after["plugin"] != "directory@1.0.0":
         sys.exit(f"demo: after the rollback acme should be back on 1.0.0, got {after}")
     print("\nOne command put every customer back on 1.0.0; the history says who did what and why.")
+    seeing(json.loads(out)["id"])
+
+
+def seeing(release_id: str) -> None:
+    """What each version did: one release in full, and the numbers per version and customer."""
+    step("One release in full: request, routing decision, every attempt, timings")
+    turnout("releases", "show", release_id)
+    step("Releases, failures, error rate and durations per version, then per version and customer")
+    turnout("stats", "--by", "version")
+    turnout("stats", "--by", "version", "--by", "customer")
+    stats = json.loads(turnout("stats", "--by", "version", "--json", quiet=True))
+    counted = {g["version"]: (g["releases"], g["failed"]) for g in stats["groups"]}
+    if counted != {"directory@1.0.0": (2, 0), f"directory@{DEV}": (1, 0)}:
+        sys.exit(f"demo: expected 2 releases by 1.0.0 and 1 by {DEV}, got {counted}")
 
 
 if __name__ == "__main__":
