@@ -112,6 +112,8 @@ FIXTURE_PLUGINS = [
     ("turnout-typo", "0.1.0", "typo.py", "typo"),
     ("turnout-badresult", "0.1.0", "badresult.py", "badresult"),
     ("turnout-plain", "0.1.0", "plain.py", "plain"),
+    ("turnout-leaky", "0.1.0", "leaky.py", "leaky"),
+    ("turnout-traced", "0.1.0", "traced.py", "traced"),
 ]
 
 

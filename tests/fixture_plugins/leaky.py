@@ -1,0 +1,36 @@
+"""A releaser that leaks its ``token`` config everywhere it can (for secret-leak tests).
+
+Config:
+    token: the value it leaks: printed to stdout and to stderr on every call, put in the
+        message of every error it raises, and returned in its result (as a value, nested in
+        a list, inside a longer string, and as a key).
+    fail_times: how many first attempts fail, with a retryable error (default 0).
+    sleep: seconds each call takes before anything else (a slow deploy).
+"""
+
+import sys
+import time
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("turnout")
+
+
+class LeakyError(Exception):
+    retryable = True
+
+
+@hookimpl
+def turnout_release(config, attempt):
+    token = config.get("token", "")
+    if config.get("sleep"):
+        time.sleep(config["sleep"])
+    print(f"leaky: deploying with token={token}", flush=True)
+    print(f"leaky: stderr token={token}", file=sys.stderr, flush=True)
+    if attempt <= config.get("fail_times", 0):
+        raise LeakyError(f"leaky failed on attempt {attempt} with token={token}")
+    return {
+        "token": token,
+        "nested": {"list": [token, f"before {token} after"]},
+        token: "the token as a key",
+    }
