@@ -1,4 +1,4 @@
-"""Measure PERFORMANCE.md's goals P2, P3, P4, P5, P6, P9, P10 and P11 (and P1 on the way).
+"""Measure PERFORMANCE.md's goals P1, P2, P3, P4, P5, P6, P9, P10 and P11.
 
 Every goal is a ratio to a floor or a peer measured in the same run: both sides alternate,
 after a warm-up, and the table gives medians with min-max. Run it with ``nox -s bench``
@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import goal_p1
 import goal_p2
 import goal_p3
 import goal_p4
@@ -37,6 +38,7 @@ from harness import FULL, QUICK, Plan, Report
 from world import ROOT, World
 
 GOALS: dict[str, Callable[[World, Plan, Report, argparse.Namespace], None]] = {
+    "P1": lambda w, p, r, _a: goal_p1.run(w, p, r),
     "P2": lambda w, p, r, _a: goal_p2.run(w, p, r),
     "P11": lambda w, p, r, _a: goal_p11.run(w, p, r),
     "P3": lambda w, p, r, _a: goal_p3.run(w, p, r),
