@@ -25,6 +25,13 @@ from helpers import (  # noqa: E402
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_telemetry_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own OTEL_* settings never make the CLI export from the test process."""
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """No test touches the real user's store: TURNOUT_HOME points into the test's temp folder."""

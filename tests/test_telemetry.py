@@ -261,6 +261,7 @@ def test_reused_key_is_traced_as_reused_and_not_counted_again(
     ran, reused = sorted(exported.spans("turnout.release"), key=lambda s: s.start_time)
     assert ran.attributes["turnout.outcome"] == "succeeded"
     assert reused.attributes["turnout.outcome"] == "reused"
+    assert reused.attributes["turnout.release.id"] == first.id  # the record it answered with
     assert reused.attributes["turnout.plugin.id"] == "echo"
     assert reused.status.status_code is StatusCode.UNSET
     assert reused.context.trace_id != ran.context.trace_id
@@ -536,6 +537,15 @@ def test_cli_json_logs_are_one_object_per_line_and_contain_plugin_output(
     assert message.count(FORGED) == 2  # both forged lines, inside this one field
     assert "utf-8" in message
 
+    # The same key again: the CLI's own message about it is a JSON line too.
+    again = turnout_cli(
+        "--log-format", "json", "release", "traced-site", "a.tgz", "--key", "json-1",
+        env=cli_env(db_path),
+    )  # fmt: skip
+    assert again.returncode == 0
+    said = [json.loads(line) for line in again.stderr.decode("ascii").splitlines()]
+    assert any("nothing ran" in entry["message"] for entry in said)
+
 
 @pytest.mark.slow
 def test_cli_text_logs_name_the_release_and_escape_plugin_output(db_path: Path) -> None:
@@ -558,3 +568,8 @@ def test_cli_text_logs_name_the_release_and_escape_plugin_output(db_path: Path) 
     output = only([line for line in lines if FORGED in line])
     assert output.startswith("DEBUG turnout: ")
     assert output.endswith(fields)
+    # Escaped once, like the JSON field: a line break reads \n, not \\n.
+    assert "\\n" + "ERROR turnout: " + FORGED in output
+    assert "\\x1b[31mred" in output
+    # Invalid UTF-8 is stored as text "\xff"; its backslash is escaped like any other.
+    assert "bad \\\\xff\\\\xfe utf-8" in output

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from turnout._secrets import escape
 
@@ -19,10 +20,17 @@ FORMATS = ("text", "json")
 
 
 class TextFormatter(logging.Formatter):
-    """``LEVEL logger: message [release=… target=… plugin=…]``."""
+    """``LEVEL logger: message [release=… target=… plugin=…]``.
+
+    A record whose ``escaped`` extra is true was escaped by its emitter (plugin output is, for
+    any handler): it is not escaped twice.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{record.levelname} {record.name}: {escape(record.getMessage())}"
+        message = record.getMessage()
+        if not getattr(record, "escaped", False):
+            message = escape(message)
+        line = f"{record.levelname} {record.name}: {message}"
         fields = [f"{name}={getattr(record, name)}" for name in FIELDS if hasattr(record, name)]
         if fields:
             line += f" [{' '.join(fields)}]"
@@ -35,18 +43,25 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the release's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        data = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in FIELDS:
-            if hasattr(record, name):
-                data[name] = getattr(record, name)
+        fields = {name: getattr(record, name) for name in FIELDS if hasattr(record, name)}
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=True, default=str)
+            fields["exception"] = self.formatException(record.exc_info)
+        return json_line(
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            created=record.created,
+            **fields,
+        )
+
+
+def json_line(
+    level: str, logger: str, message: str, *, created: float | None = None, **fields: Any
+) -> str:
+    """One log line as JSON: time, level, logger, message and any further fields."""
+    moment = datetime.now(UTC) if created is None else datetime.fromtimestamp(created, UTC)
+    data = {"time": moment.isoformat(), "level": level, "logger": logger, "message": message}
+    return json.dumps({**data, **fields}, ensure_ascii=True, default=str)
 
 
 class _Stderr(logging.Handler):

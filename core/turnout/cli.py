@@ -60,9 +60,19 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
 
 
+_log_format: list[str] = ["text"]
+
+
 def _say(message: str, *, style: str | None = None) -> None:
-    """A message for the person at the terminal, on stderr."""
-    if style and sys.stderr.isatty():
+    """A message for the person at the terminal, on stderr (a JSON line with --log-format
+    json, so that all of stderr parses)."""
+    if _log_format[0] == "json":
+        from turnout._logging import json_line
+
+        click.echo(
+            json_line("error" if style == "red" else "info", "turnout.cli", message), err=True
+        )
+    elif style and sys.stderr.isatty():
         click.secho(message, fg=style, err=True)
     else:
         click.echo(message, err=True)
@@ -216,6 +226,7 @@ def cli(ctx: click.Context, db: str | None, log_level: str, log_format: str) -> 
 
     ctx.ensure_object(dict)["db"] = db
     _logging.configure(log_level, log_format)
+    _log_format[0] = log_format
 
 
 # db ----------------------------------------------------------------------------------------

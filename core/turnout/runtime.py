@@ -968,6 +968,7 @@ def _observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | Non
     if not span.is_recording():
         return
     if record is not None:
+        span.set_attribute(telemetry.RELEASE_ID, record.id)
         span.set_attribute(telemetry.ATTEMPTS, record.attempts)
         outcome = "reused" if record.reused else record.status.value
         span.set_attribute(telemetry.OUTCOME, outcome)
@@ -1157,7 +1158,7 @@ class _Attempts:
                 self.claim.id,
                 number,
                 _secrets.escape(_secrets.redact(output, self.secrets)),
-                extra=self.extra,
+                extra={**self.extra, "escaped": True},
             )
 
     def _message(self, exc: BaseException) -> str:
