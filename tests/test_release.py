@@ -164,12 +164,22 @@ def test_release_permanent_error_is_tried_once(
     ("failure", "exc_type"), [("keyboard", KeyboardInterrupt), ("systemexit", SystemExit)]
 )
 def test_release_inline_interrupt_is_tried_once_recorded_and_reraised(
-    tt: Turnout, calls_file: Path, failure: str, exc_type: type[BaseException]
+    tt: Turnout,
+    calls_file: Path,
+    failure: str,
+    exc_type: type[BaseException],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    echo_target(tt, calls_file, fail_with=failure)
+    canary = "canary-0e5d-interrupt"
+    monkeypatch.setenv("ECHO_TOKEN", canary)
+    echo_target(tt, calls_file, fail_with=failure, token="env:ECHO_TOKEN")
     tt.set_target("site", "echo@1.0.0", isolation="inline")
-    with pytest.raises(exc_type):
+    with pytest.raises(exc_type) as raised:
         tt.release("site", "a.tgz", key="int-1")
+    # Re-raised without the secret the plugin put in it (SystemExit's message is printed).
+    assert "token=***" in str(raised.value)
+    assert canary not in str(raised.value)
+    assert canary not in repr(raised.value.args)
     assert len(read_calls(calls_file)) == 1
     (record,) = tt.ledger.recent(target="site")
     assert record.status is Status.FAILED

@@ -53,7 +53,7 @@ def _read(field: str, reference: str) -> str:
             raise SecretNotFoundError(field, reference, f"is unset; export {name} for turnout")
         return value
     try:
-        return Path(name).read_text(encoding="utf-8").rstrip("\n")
+        return Path(name).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise SecretNotFoundError(field, reference, f"cannot be read ({exc.strerror})") from None
 

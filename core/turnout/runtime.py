@@ -264,7 +264,6 @@ class Turnout:
                     telemetry.PLUGIN_ID: ref.plugin_id,
                     telemetry.PLUGIN_VERSION: ref.version,
                     telemetry.REVISION: spec.revision,
-                    telemetry.RULE: decision.rule,
                 }
             )
         if isinstance(outcome, ReleaseRecord):
@@ -275,7 +274,6 @@ class Turnout:
                 extra=_fields(outcome.id, spec.name, ref),
             )
             return outcome.raise_for_status()
-        span.set_attribute(telemetry.RELEASE_ID, outcome.id)
         run = _Attempts(self, outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
         with self.ledger.hold(outcome):
             record = run.reconcile() if outcome.takeover else run.run()
@@ -968,10 +966,8 @@ def _observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | Non
     if not span.is_recording():
         return
     if record is not None:
-        span.set_attribute(telemetry.RELEASE_ID, record.id)
-        span.set_attribute(telemetry.ATTEMPTS, record.attempts)
         outcome = "reused" if record.reused else record.status.value
-        span.set_attribute(telemetry.OUTCOME, outcome)
+        span.set_attributes({telemetry.RELEASE_ID: record.id, telemetry.OUTCOME: outcome})
         if record.status in (Status.SUCCEEDED, Status.RECONCILED):
             return
         telemetry.fail(
@@ -1064,7 +1060,7 @@ class _Attempts:
                     self.claim, Status.RUNNING, attempts=count, attempt_log=list(self.log)
                 )
             started, clock = self.ledger.clock(), time.perf_counter()
-            with spans.attempt_span(count, self.ref.plugin_id, self.ref.version) as span:
+            with spans.attempt_span(count) as span:
                 try:
                     result = self.releaser.release(
                         artifact=self.artifact,
@@ -1111,7 +1107,12 @@ class _Attempts:
                 extra=self.extra,
             )
             if not isinstance(exc, Exception):
-                raise  # KeyboardInterrupt, SystemExit: recorded, then honoured
+                # KeyboardInterrupt, SystemExit: recorded, then honoured, without the secrets
+                # an inline plugin may have put in them (SystemExit's message is printed).
+                exc.args = tuple(_secrets.redact_values(list(exc.args), self.secrets))
+                if isinstance(exc, SystemExit) and not isinstance(exc.code, int | None):
+                    exc.code = _secrets.redact(str(exc.code), self.secrets)
+                raise
             return record
         record = self.ledger.move(
             self.claim,
