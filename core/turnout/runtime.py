@@ -201,14 +201,22 @@ class Turnout:
         if not isinstance(artifact, str) or not artifact:
             raise UsageError("artifact must be a non-empty path or URL")
         ctx = validate_context(context)
-        with self.telemetry.release_span(target, key, ctx) as span:
-            try:
-                record = self._release(span, target, artifact, key, ctx, replay_of)
-            except TurnoutError as exc:
-                _observe(span, _record_of(exc), exc)
-                raise
-            _observe(span, record, None)
-            return record
+        record: ReleaseRecord | None = None
+        try:
+            with self.telemetry.release_span(target, key, ctx) as span:
+                try:
+                    record = self._release(span, target, artifact, key, ctx, replay_of)
+                except TurnoutError as exc:
+                    record = _record_of(exc)
+                    _observe(span, record, exc)
+                    raise
+                _observe(span, record, None)
+                return record
+        finally:
+            # Counted once the span has ended: inside it, the SDK would sample an exemplar
+            # for each measurement, which costs more than the measurement itself.
+            if record is not None and not record.reused:
+                self.telemetry.count(record)
 
     def _release(
         self,
@@ -277,13 +285,6 @@ class Turnout:
         run = _Attempts(self, outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
         with self.ledger.hold(outcome):
             record = run.reconcile() if outcome.takeover else run.run()
-        self.telemetry.count(
-            target=spec.name,
-            plugin_id=ref.plugin_id,
-            version=ref.version,
-            outcome=record.status.value,
-            duration=record.duration,
-        )
         return record.raise_for_status()
 
     def _router(self, name: str) -> Router:

@@ -16,13 +16,16 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from turnout import __version__
+
+if TYPE_CHECKING:
+    from turnout.releases import ReleaseRecord
 
 log = logging.getLogger("turnout.telemetry")
 
@@ -103,18 +106,17 @@ class Telemetry:
         ) as span:
             yield span
 
-    def count(
-        self,
-        *,
-        target: str,
-        plugin_id: str,
-        version: str,
-        outcome: str,
-        duration: float | None,
-    ) -> None:
-        """Record one ended release in the metrics (never labelled by customer)."""
-        labels = {TARGET: target, PLUGIN_ID: plugin_id, PLUGIN_VERSION: version, OUTCOME: outcome}
+    def count(self, record: ReleaseRecord) -> None:
+        """Record a release this process ran in the metrics (never labelled by customer)."""
+        plugin_id, _, version = record.plugin_ref.rpartition("@")
+        labels = {
+            TARGET: record.target,
+            PLUGIN_ID: plugin_id,
+            PLUGIN_VERSION: version,
+            OUTCOME: record.status.value,
+        }
         self.releases.add(1, labels)
+        duration = record.duration
         if duration is not None:
             self.duration.record(duration, labels)
 
