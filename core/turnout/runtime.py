@@ -1009,7 +1009,7 @@ class _Attempts:
         self.key = key
         self.ref = ref
         self.outputs: list[str] = []
-        self.log: list[dict[str, Any]] = list(claim.values.get("attempt_log") or ())
+        self.attempt_log: list[dict[str, Any]] = list(claim.values.get("attempt_log") or ())
         self.extra = _fields(claim.id, spec.name, ref)
 
     def reconcile(self) -> ReleaseRecord:
@@ -1058,7 +1058,7 @@ class _Attempts:
             count += 1
             if count > 1 or self.claim.takeover:
                 self.ledger.move(
-                    self.claim, Status.RUNNING, attempts=count, attempt_log=list(self.log)
+                    self.claim, Status.RUNNING, attempts=count, attempt_log=list(self.attempt_log)
                 )
             started, clock = self.ledger.clock(), time.perf_counter()
             with spans.attempt_span(count) as span:
@@ -1096,9 +1096,9 @@ class _Attempts:
                 Status.TIMED_OUT if isinstance(exc, WorkerTimeoutError) else Status.FAILED,
                 error=self._message(exc),
                 error_type=_error_type(exc),
-                retryable=retries.is_transient(exc) and not isinstance(exc, MalformedResultError),
+                retryable=_retryable(exc),
                 output=self._output(),
-                attempt_log=self.log,
+                attempt_log=self.attempt_log,
             )
             log.warning(
                 "release %s failed after %d attempt(s): %s",
@@ -1121,7 +1121,7 @@ class _Attempts:
             result=self._redacted(result),
             error=None,
             output=self._output(),
-            attempt_log=self.log,
+            attempt_log=self.attempt_log,
         )
         log.info("release %s succeeded after %d attempt(s)", record.id, count, extra=self.extra)
         return record
@@ -1143,10 +1143,8 @@ class _Attempts:
             )
             entry["error_type"] = _error_type(exc)
             entry["error"] = self._message(exc)
-            entry["retryable"] = retries.is_transient(exc) and not isinstance(
-                exc, MalformedResultError
-            )
-        self.log.append(entry)
+            entry["retryable"] = _retryable(exc)
+        self.attempt_log.append(entry)
         return entry
 
     def _keep_output(self, number: int) -> None:
@@ -1179,6 +1177,10 @@ class _Attempts:
 
 def _error_type(exc: BaseException) -> str:
     return exc.type_name if isinstance(exc, WorkerError) else qualified_name(type(exc))
+
+
+def _retryable(exc: BaseException) -> bool:
+    return retries.is_transient(exc) and not isinstance(exc, MalformedResultError)
 
 
 _default: dict[str, Turnout] = {}
