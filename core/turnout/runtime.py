@@ -205,7 +205,7 @@ class Turnout:
         try:
             with self.telemetry.release_span(target, key, ctx) as span:
                 try:
-                    record = self._release(span, target, artifact, key, ctx, replay_of)
+                    record = self._release(target, artifact, key, ctx, replay_of)
                 except TurnoutError as exc:
                     record = _record_of(exc)
                     _observe(span, record, exc)
@@ -220,7 +220,6 @@ class Turnout:
 
     def _release(
         self,
-        span: Span,
         target: str,
         artifact: str,
         key: str,
@@ -266,14 +265,6 @@ class Turnout:
             break
         else:
             raise stale  # the routing changed under every try: let the runner retry later
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    telemetry.PLUGIN_ID: ref.plugin_id,
-                    telemetry.PLUGIN_VERSION: ref.version,
-                    telemetry.REVISION: spec.revision,
-                }
-            )
         if isinstance(outcome, ReleaseRecord):
             log.info(
                 "release %s: key %r already released; nothing ran",
@@ -963,12 +954,22 @@ def _fields(release_id: str, target: str, ref: PluginRef) -> dict[str, str]:
 
 
 def _observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | None) -> None:
-    """Put a release's outcome on its span: ``turnout.outcome`` and, when it failed, why."""
+    """Put what the record says on the release span, in one call: the version, the routing
+    revision, the outcome and, when it failed, why. (A reused key's span names the release
+    that answered it.)"""
     if not span.is_recording():
         return
     if record is not None:
-        outcome = "reused" if record.reused else record.status.value
-        span.set_attributes({telemetry.RELEASE_ID: record.id, telemetry.OUTCOME: outcome})
+        plugin_id, _, version = record.plugin_ref.rpartition("@")
+        attributes: dict[str, Any] = {
+            telemetry.PLUGIN_ID: plugin_id,
+            telemetry.PLUGIN_VERSION: version,
+            telemetry.RELEASE_ID: record.id,
+            telemetry.OUTCOME: "reused" if record.reused else record.status.value,
+        }
+        if record.decision is not None:
+            attributes[telemetry.REVISION] = record.decision["revision"]
+        span.set_attributes(attributes)
         if record.status in (Status.SUCCEEDED, Status.RECONCILED):
             return
         telemetry.fail(

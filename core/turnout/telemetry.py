@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
@@ -77,34 +77,32 @@ class Telemetry:
             description="Seconds from claim to outcome of the releases that ran.",
         )
 
-    @contextmanager
-    def release_span(self, target: str, key: str, context: Mapping[str, str]) -> Iterator[Span]:
+    def release_span(
+        self, target: str, key: str, context: Mapping[str, str]
+    ) -> AbstractContextManager[Span]:
         """The ``turnout.release`` span, current while inside (it ends on the way out)."""
         attributes: dict[str, Any] = {TARGET: target, KEY: key}
         for name in CONTEXT_ATTRIBUTES:
             if name in context:
                 attributes[f"turnout.{name}"] = context[name]
-        with self.tracer.start_as_current_span(
+        return self.tracer.start_as_current_span(
             RELEASE_SPAN,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
             record_exception=False,  # messages may hold secrets; see fail()
             set_status_on_exception=False,
-        ) as span:
-            yield span
+        )
 
-    @contextmanager
-    def attempt_span(self, number: int) -> Iterator[Span]:
+    def attempt_span(self, number: int) -> AbstractContextManager[Span]:
         """A ``turnout.attempt`` span, child of the current release span (which names the
         plugin version: each attribute costs every release a few microseconds)."""
-        with self.tracer.start_as_current_span(
+        return self.tracer.start_as_current_span(
             ATTEMPT_SPAN,
             kind=SpanKind.INTERNAL,
             attributes={ATTEMPT: number},
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            yield span
+        )
 
     def count(self, record: ReleaseRecord) -> None:
         """Record a release this process ran in the metrics (never labelled by customer)."""
