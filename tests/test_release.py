@@ -336,3 +336,41 @@ def test_release_stores_its_decision_record_and_later_changes_never_alter_it(
     assert stored is not None
     assert stored.decision == decision
     assert tt.release("site", "a.tgz", key="d-2").decision == {**decision, "revision": 2}
+
+
+def test_inline_plugin_output_is_captured_per_thread_and_redacted(
+    tt: Turnout, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An inline plugin's prints are stored with the release, redacted, as a worker's are;
+    another thread printing meanwhile still reaches the real stream."""
+    import sys
+    import threading
+    import time
+
+    from turnout._capture import _Routed
+
+    canary = "canary-51c3-inline-output"
+    monkeypatch.setenv("LEAKY_TOKEN", canary)
+    tt.set_target(
+        "site", "leaky@0.1.0", config={"token": "env:LEAKY_TOKEN", "sleep": 0.5}, isolation="inline"
+    )
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(tt.release("site", "a", key="out-1")))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not isinstance(sys.stdout, _Routed) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert isinstance(sys.stdout, _Routed)  # the plugin is running, its thread captured
+    print("the caller's own line")
+    worker.join()
+    (record,) = done
+    assert record.output is not None
+    assert "leaky: deploying with token=***" in record.output
+    assert "leaky: stderr token=***" in record.output
+    assert canary not in record.output
+    assert "the caller's own line" not in record.output
+    assert canary not in repr(record.to_dict())
+    printed = capsys.readouterr()
+    assert "the caller's own line" in printed.out
+    assert "leaky" not in printed.out + printed.err
+    assert not isinstance(sys.stdout, _Routed)  # the wrappers came off with the last capture

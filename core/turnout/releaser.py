@@ -6,12 +6,13 @@ subset of a hook's arguments. This module imports only the standard library and 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import pluggy
 
-from turnout import hookspecs
+from turnout import _capture, hookspecs
 from turnout._serve import MalformedResultError, check_result
 
 __all__ = ["MalformedResultError", "PluggyReleaser", "Releaser", "check_result"]
@@ -25,7 +26,8 @@ class Releaser(Protocol):
     last call, when it was captured.
     """
 
-    output: str
+    @property
+    def output(self) -> str: ...
 
     def validate_config(self, config: Mapping[str, Any], *, timeout: float) -> None: ...
 
@@ -55,12 +57,15 @@ class Releaser(Protocol):
 
 
 class PluggyReleaser:
-    """A releaser object (module or instance) registered alone in its own plugin manager."""
+    """A releaser object (module or instance) registered alone in its own plugin manager.
 
-    output = ""  # inline plugins print straight to the caller's streams
+    What the plugin writes to ``sys.stdout``/``sys.stderr`` during a call is captured for the
+    calling thread (:mod:`turnout._capture`) and is that thread's :attr:`output`.
+    """
 
     def __init__(self, plugin: object, name: str) -> None:
         self.name = name
+        self._last = threading.local()
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
         # Raises pluggy.PluginValidationError for an implementation whose arguments are not in
@@ -71,13 +76,26 @@ class PluggyReleaser:
             raise pluggy.PluginValidationError(plugin, f"{name} does not implement turnout_release")
 
     @property
+    def output(self) -> str:
+        """What the plugin printed during this thread's last call."""
+        output: str = getattr(self._last, "output", "")
+        return output
+
+    def _call(self, hook: Any, **kwargs: Any) -> Any:
+        with _capture.captured() as printed:
+            try:
+                return hook(**kwargs)
+            finally:
+                self._last.output = _capture.text(printed)
+
+    @property
     def has_probe(self) -> bool:
         """Whether the plugin implements ``turnout_probe``."""
         return bool(self.manager.hook.turnout_probe.get_hookimpls())
 
     def validate_config(self, config: Mapping[str, Any], *, timeout: float = 0) -> None:
         """Run the plugin's ``turnout_validate_config``; raises ``ValueError`` on a bad config."""
-        self.manager.hook.turnout_validate_config(config=config)
+        self._call(self.manager.hook.turnout_validate_config, config=config)
 
     def probe(
         self,
@@ -91,8 +109,12 @@ class PluggyReleaser:
         """Ask ``turnout_probe``, if implemented, whether the key's release happened."""
         if not self.has_probe:
             return False, None
-        answer = self.manager.hook.turnout_probe(
-            artifact=artifact, target=target, config=config, idempotency_key=idempotency_key
+        answer = self._call(
+            self.manager.hook.turnout_probe,
+            artifact=artifact,
+            target=target,
+            config=config,
+            idempotency_key=idempotency_key,
         )
         return True, None if answer is None else check_result(answer)
 
@@ -108,7 +130,8 @@ class PluggyReleaser:
         timeout: float = 0,
     ) -> dict[str, Any]:
         """Call ``turnout_release`` once and check the result; ``timeout`` is not enforced."""
-        result = self.manager.hook.turnout_release(
+        result = self._call(
+            self.manager.hook.turnout_release,
             artifact=artifact,
             target=target,
             config=config,
