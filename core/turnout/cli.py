@@ -1409,7 +1409,8 @@ def stats_command(
     try:
         handle = _handle(ctx)
         handle.registry.ensure_schema()
-        groups, total = stats.summarize(handle.ledger.outcomes(**filters), dimensions)
+        stats.check_dimensions(dimensions)
+        groups, total = stats.summarize(handle.ledger.outcomes(dimensions, **filters), dimensions)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if as_json:

@@ -1,7 +1,8 @@
 """Release counts, error rates and durations per version, plugin, target, customer or plan.
 
-The rows come from :meth:`turnout.releases.Ledger.outcomes` (streamed, a few columns each);
-grouping happens here, the same way on every database. The error rate is failed releases
+The rows come from :meth:`turnout.releases.Ledger.outcomes` (streamed tuples: the group's
+values, status, attempts, seconds); grouping and percentiles happen here, the same way on every
+database. The error rate is failed releases
 over ended ones (succeeded, reconciled, failed, timed out); releases still running and those
 left ``unknown`` are counted apart and are not in the rate. Durations (claim to outcome) are
 those of the releases that ran to an outcome: succeeded, failed or timed out.
@@ -10,15 +11,13 @@ those of the releases that ran to an outcome: succeeded, failed or timed out.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from turnout.releases import Status
+from turnout.releases import DIMENSIONS, Status
 
-DIMENSIONS = ("version", "plugin", "target", "customer", "plan", "project", "channel")
-"""What ``--by`` takes: ``version`` is the plugin ref (``id@version``), ``plugin`` the id;
-``customer``, ``plan``, ``project`` and ``channel`` come from the release's context."""
+__all__ = ["DIMENSIONS", "GroupStats", "percentile", "summarize"]
 
 _SUCCEEDED = frozenset({Status.SUCCEEDED.value, Status.RECONCILED.value})
 _FAILED = frozenset({Status.FAILED.value, Status.TIMED_OUT.value})
@@ -52,10 +51,9 @@ class GroupStats:
         """The ``q``-th percentile (0-100) of the durations, linearly interpolated."""
         return percentile(sorted(self.durations), q)
 
-    def add(self, row: Mapping[Any, Any]) -> None:
-        status = row["status"]
+    def add(self, status: str, attempts: int, seconds: float | None) -> None:
         self.releases += 1
-        self.attempts += row["attempts"]
+        self.attempts += attempts
         if status in _SUCCEEDED:
             self.succeeded += 1
         elif status in _FAILED:
@@ -64,8 +62,8 @@ class GroupStats:
             self.unknown += 1
         else:
             self.running += 1
-        if status in _TIMED and row["finished_at"] is not None:
-            self.durations.append((row["finished_at"] - row["started_at"]).total_seconds())
+        if seconds is not None and status in _TIMED:
+            self.durations.append(float(seconds))
 
     def to_dict(self) -> dict[str, Any]:
         ordered = sorted(self.durations)
@@ -93,10 +91,17 @@ def percentile(ordered: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def check_dimensions(by: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming any dimension that is not one of :data:`DIMENSIONS`."""
+    unknown = [name for name in by if name not in DIMENSIONS]
+    if unknown:
+        raise ValueError(f"cannot group by {', '.join(unknown)}; use {', '.join(DIMENSIONS)}")
+
+
 def summarize(
-    rows: Iterable[Mapping[Any, Any]], by: Sequence[str]
+    rows: Iterable[Sequence[Any]], by: Sequence[str]
 ) -> tuple[list[GroupStats], GroupStats]:
-    """Group ``rows`` by the ``by`` dimensions, in that order.
+    """Group rows of :meth:`~turnout.releases.Ledger.outcomes` by their ``by`` values.
 
     Returns:
         One :class:`GroupStats` per group, the highest error rate first (then the most
@@ -105,31 +110,20 @@ def summarize(
     Raises:
         ValueError: A dimension is not one of :data:`DIMENSIONS`.
     """
-    unknown = [name for name in by if name not in DIMENSIONS]
-    if unknown:
-        raise ValueError(f"cannot group by {', '.join(unknown)}; use {', '.join(DIMENSIONS)}")
-    groups: dict[tuple[str | None, ...], GroupStats] = {}
+    check_dimensions(by)
+    width = len(by)
+    groups: dict[tuple[Any, ...], GroupStats] = {}
     total = GroupStats({})
     for row in rows:
-        values = tuple(_value(row, name) for name in by)
+        values = tuple(row[:width])
         stats = groups.get(values)
         if stats is None:
             stats = groups[values] = GroupStats(dict(zip(by, values, strict=True)))
-        stats.add(row)
-        total.add(row)
+        status, attempts, seconds = row[width:]
+        stats.add(status, attempts, seconds)
+        total.add(status, attempts, seconds)
     ranked = sorted(
         groups.values(),
         key=lambda g: (-(g.error_rate or 0.0), -g.releases, [v or "" for v in g.group.values()]),
     )
     return ranked, total
-
-
-def _value(row: Mapping[Any, Any], dimension: str) -> str | None:
-    if dimension == "version":
-        return f"{row['plugin_id']}@{row['plugin_version']}"
-    if dimension == "plugin":
-        return str(row["plugin_id"])
-    if dimension == "target":
-        return str(row["target"])
-    value = (row["context"] or {}).get(dimension)
-    return None if value is None else str(value)
