@@ -69,7 +69,7 @@ class Telemetry:
         self.releases = meter.create_counter(
             RELEASES_METRIC,
             unit="{release}",
-            description="Releases that ended, by target, plugin, version and outcome.",
+            description="Releases this process ran, by target, plugin, version and outcome.",
         )
         self.duration = meter.create_histogram(
             DURATION_METRIC,
