@@ -86,5 +86,10 @@ def turnout_probe(
         idempotency_key: The key of the release being reconciled.
 
     Returns:
-        The release's result if it happened, or ``None`` if it did not.
+        The release's result if it happened, or ``None`` if it did not (turnout then calls
+        ``turnout_release`` again with the same key).
+
+    Raises:
+        Exception: Any, when the plugin cannot tell: the release is left ``unknown`` for an
+            operator to settle, never guessed.
     """
