@@ -1071,6 +1071,60 @@ def plugin_verify(ctx: click.Context, plugin_ref: str | None, as_json: bool) -> 
         ctx.exit(1)
 
 
+@plugin.command("new")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Create the plugin in this folder instead of ./turnout-NAME.",
+)
+@json_option
+def plugin_new(name: str, directory: Path | None, as_json: bool) -> None:
+    """Create a releaser plugin NAME from turnout's template, ready to test and install.
+
+    NAME is the plugin id (lowercase letters, digits, '-' and '_'): the distribution is
+    turnout-NAME and the package turnout_NAME. The plugin records each release as a JSON line
+    in a file; its tests pass as generated. Refused, writing nothing, when the folder exists
+    and is not empty.
+    """
+    import shlex
+
+    from turnout import _scaffold
+
+    _scaffold.check_name(name)  # before NAME becomes part of a path
+    made = _scaffold.render(name, directory or Path(f"turnout-{name}"))
+    folder = shlex.quote(str(made.path))
+    steps = [
+        f"cd {folder}",
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest",
+        "turnout plugin install .",
+        f"turnout target set TARGET {made.plugin_id}@{made.version} "
+        "--config path=/absolute/path/releases.jsonl",
+        "turnout release TARGET ARTIFACT --key KEY",
+    ]
+    if as_json:
+        _print_json(
+            {
+                "path": str(made.path.resolve()),
+                "plugin": made.plugin_id,
+                "version": made.version,
+                "distribution": made.distribution,
+                "package": made.package,
+                "files": made.files,
+                "next": steps,
+            }
+        )
+        return
+    _say(
+        f"created {made.path}: plugin {made.plugin_id}@{made.version}, distribution "
+        f"{made.distribution}, package {made.package} ({len(made.files)} files)"
+    )
+    _say("next:")
+    for step in steps:
+        _say(f"  {step}")
+
+
 @contextlib.contextmanager
 def _status(message: str) -> Iterator[None]:
     """A spinner on stderr while something slow runs (a plain line when not a terminal)."""
