@@ -162,6 +162,26 @@ def routing() -> None:
     turnout("plugin", "install", str(dev_build()))
     turnout("plugin", "list")
 
+    step(f"A second target on directory {DEV}: two versions of one releaser serve two targets")
+    docs = WORK / "docs-www"
+    turnout(
+        "target", "set", "demo-docs", f"directory@{DEV}", "--config", f"root={docs}",
+        "--reason", "docs try the new build", "--actor", "dana",
+    )  # fmt: skip
+    turnout("release", "demo-docs", str(make_build(5)), "--key", "docs-5")
+    turnout(
+        "release", "demo-site", str(make_build(4)), "--key", "build-4", "--context", "customer=acme"
+    )
+    turnout("target", "list")
+    served = {
+        r["target"]: r["plugin_ref"]
+        for r in json.loads(turnout("releases", "--limit", "2", "--json", quiet=True))
+    }
+    if served != {"demo-docs": f"directory@{DEV}", "demo-site": "directory@1.0.0"}:
+        sys.exit(f"demo: expected docs on {DEV} and site on 1.0.0 at once, got {served}")
+    if not (docs / "current" / "index.html").is_file():
+        sys.exit("demo: the docs target's current release has no index.html")
+
     step("Pin customer acme to the new build; everyone else stays on the default")
     turnout(
         "route", "add", "demo-site", "--customer", "acme", "--to", f"directory@{DEV}",
@@ -212,8 +232,8 @@ def seeing(release_id: str) -> None:
     turnout("stats", "--by", "version", "--by", "customer")
     stats = json.loads(turnout("stats", "--by", "version", "--json", quiet=True))
     counted = {g["version"]: (g["releases"], g["failed"]) for g in stats["groups"]}
-    if counted != {"directory@1.0.0": (2, 0), f"directory@{DEV}": (1, 0)}:
-        sys.exit(f"demo: expected 2 releases by 1.0.0 and 1 by {DEV}, got {counted}")
+    if counted != {"directory@1.0.0": (3, 0), f"directory@{DEV}": (2, 0)}:
+        sys.exit(f"demo: expected 3 releases by 1.0.0 and 2 by {DEV}, got {counted}")
 
 
 if __name__ == "__main__":
