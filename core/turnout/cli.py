@@ -1071,6 +1071,88 @@ def plugin_verify(ctx: click.Context, plugin_ref: str | None, as_json: bool) -> 
         ctx.exit(1)
 
 
+@plugin.command("sync")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Install nothing; exit 75 when a referenced version is missing here (a readiness "
+    "probe: not ready yet, run sync), 78 when one is unknown to the registry.",
+)
+@click.option(
+    "--find-links",
+    "find_links",
+    multiple=True,
+    metavar="DIR-OR-URL",
+    help="Look for wheels here (repeatable); without --index-url, only here.",
+)
+@click.option("--index-url", metavar="URL", help="The package index to use instead of PyPI.")
+@json_option
+@click.pass_context
+def plugin_sync(
+    ctx: click.Context,
+    check: bool,
+    find_links: tuple[str, ...],
+    index_url: str | None,
+    as_json: bool,
+) -> None:
+    """Install every plugin version a target or route references, as the registry recorded it.
+
+    Each missing version is installed from the requirement recorded at its first install and
+    must give the very same files (the recorded environment digest); other files are refused
+    and nothing is recorded. Versions already here are "present"; running it again installs
+    nothing. Versions of turnout's own environment are reported, not installed.
+
+    \b
+    Exits 0 when every referenced version is here (or now installed); 1 when an install failed
+    or gave other files; 78 when a version is unknown to the registry; with --check, 75 when
+    one is missing on this machine (not ready yet: run turnout plugin sync).
+    """
+    from turnout.errors import EXIT_CONFIG
+
+    handle = _handle(ctx)
+    verb = "checking" if check else "syncing"
+    with _status(f"{verb} referenced plugin versions into {handle.store.envs}"):
+        results = handle.sync_plugins(check=check, find_links=find_links, index_url=index_url)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "plugin": r.ref.plugin_id,
+                    "version": r.ref.version,
+                    "status": r.status,
+                    "targets": list(r.targets),
+                    "digest": r.digest,
+                    "requirement": r.requirement,
+                    "detail": r.detail,
+                }
+                for r in results
+            ]
+        )
+    elif not results:
+        _say("no target or route references a plugin version; nothing to sync")
+    else:
+        _print_table(
+            "plugin sync",
+            ["plugin", "version", "status", "targets", "detail"],
+            [
+                (r.ref.plugin_id, r.ref.version, r.status, ", ".join(r.targets), r.detail or "")
+                for r in results
+            ],
+        )
+        installed = sum(r.status == "installed" for r in results)
+        if not check and installed == 0:
+            _say("nothing to install: every referenced store version is already here")
+        elif not check:
+            _say(f"{installed} plugin version(s) installed")
+    statuses = {r.status for r in results}
+    if statuses & {"failed", "mismatch"}:
+        ctx.exit(EXIT_FAILED)
+    if "unknown" in statuses:
+        ctx.exit(EXIT_CONFIG)
+    if "missing" in statuses:
+        ctx.exit(EXIT_TEMPFAIL)
+
+
 @plugin.command("new")
 @click.argument("name")
 @click.option(

@@ -8,6 +8,7 @@ record the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import logging
@@ -19,12 +20,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, TracerProvider
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 from sqlalchemy.engine import URL
 
@@ -909,6 +911,108 @@ class Turnout:
             for row in rows
         }
 
+    def sync_plugins(
+        self,
+        *,
+        check: bool = False,
+        find_links: Sequence[str] = (),
+        index_url: str | None = None,
+        progress: Callable[[SyncResult], None] | None = None,
+    ) -> list[SyncResult]:
+        """Install on this machine every store plugin version a target or a route references.
+
+        Each version is installed from the requirement recorded when it was first installed,
+        and must give the very environment recorded then (the same digest, so the same file
+        hashes); one that gives other files is removed again and reported ``mismatch``, and
+        nothing is recorded. With ``find_links`` and no ``index_url``, only those folders are
+        searched. ``check`` installs nothing and reports what is ``missing``. Versions of
+        turnout's own environment are reported ``environment``; a referenced version the
+        registry has no record of is ``unknown``. Running it again installs nothing.
+
+        Returns:
+            One result per referenced plugin ref, by ref; ``progress`` gets each as it is done.
+        """
+        self.registry.ensure_schema()
+        users = self.registry.targets_by_plugin()
+        refs = sorted(
+            (PluginRef.parse(text) for text in users), key=lambda r: (r.plugin_id, r.version)
+        )
+        done: dict[str, SyncResult] = {}  # environment digest -> the outcome of installing it
+        results = []
+        for ref in refs:
+            result = self._sync_one(ref, tuple(users[str(ref)]), check, find_links, index_url, done)
+            results.append(result)
+            if progress is not None:
+                progress(result)
+        return results
+
+    def _sync_one(
+        self,
+        ref: PluginRef,
+        targets: tuple[str, ...],
+        check: bool,
+        find_links: Sequence[str],
+        index_url: str | None,
+        done: dict[str, SyncResult],
+    ) -> SyncResult:
+        row = self.registry.find_plugin_version(ref, "store")
+        if row is None:
+            own = self.registry.find_plugin_version(ref, environment.SOURCE)
+            if own is not None:
+                detail = (
+                    "runs from turnout's own environment; install it beside turnout: "
+                    f"pip install '{own.distribution}=={ref.version}'"
+                )
+                return SyncResult(ref, "environment", targets, detail=detail)
+            detail = (
+                "the registry has no record of installing it; run: turnout plugin install "
+                f"'DISTRIBUTION=={ref.version}' on one machine, then turnout plugin sync here"
+            )
+            return SyncResult(ref, "unknown", targets, detail=detail)
+        result = SyncResult(ref, "present", targets, row.location, row.requirement)
+        if self.store.has(row.location):
+            return result
+        if row.location in done:
+            return dataclasses.replace(done[row.location], ref=ref, targets=targets)
+        if check:
+            detail = f"environment {row.location} is missing; run: turnout plugin sync"
+            return dataclasses.replace(result, status="missing", detail=detail)
+        outcome = self._sync_install(row, find_links, index_url)
+        done[row.location] = outcome = dataclasses.replace(outcome, ref=ref, targets=targets)
+        return outcome
+
+    def _sync_install(
+        self, row: PluginVersion, find_links: Sequence[str], index_url: str | None
+    ) -> SyncResult:
+        ref = PluginRef(row.plugin_id, row.version)
+        result = SyncResult(ref, "installed", (), row.location, row.requirement)
+        if not row.requirement:
+            detail = (
+                "no requirement was recorded for it; run: turnout plugin install on this machine"
+            )
+            return dataclasses.replace(result, status="failed", detail=detail)
+        request = _sync_request(row.requirement, find_links, index_url)
+        try:
+            installed = self.store.install(request)
+        except PluginInstallError as exc:
+            return dataclasses.replace(result, status="failed", detail=str(exc))
+        if installed.digest != row.location:
+            if installed.created and not self._digest_in_use(installed.digest):
+                self.store.remove(installed.digest)
+            changed = sum(
+                1
+                for name in installed.hashes.keys() | row.hashes.keys()
+                if installed.hashes.get(name) != row.hashes.get(name)
+            )
+            detail = (
+                f"installing {request.describe()} gave environment {installed.digest}, not the "
+                f"recorded {row.location} ({changed} file(s) differ from the hashes recorded at "
+                "the first install: a changed or tampered wheel, or other dependency versions); "
+                "refused, nothing was installed"
+            )
+            return dataclasses.replace(result, status="mismatch", detail=detail)
+        return result
+
 
 @dataclass(slots=True)
 class Reconciliation:
@@ -928,6 +1032,53 @@ class Replay:
     plugin_ref: str | None
     record: ReleaseRecord | None
     error: TurnoutError | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """One plugin ref a target or route references, and what ``plugin sync`` found or did.
+
+    ``status``: ``present`` (its environment is here), ``installed`` (now it is), ``missing``
+    (a check: it is not), ``mismatch`` (the install gave other files than recorded; refused),
+    ``failed`` (the install failed), ``environment`` (turnout's own environment provides it),
+    ``unknown`` (no record of it at all).
+    """
+
+    ref: PluginRef
+    status: str
+    targets: tuple[str, ...]
+    digest: str | None = None
+    requirement: str | None = None
+    detail: str | None = None
+
+
+def _sync_request(
+    requirement: str, find_links: Sequence[str], index_url: str | None
+) -> InstallRequest:
+    """The install request that repeats a recorded ``requirement`` (``InstallRequest.describe``).
+
+    A wheel file recorded by path that is not on this machine is looked up by its name and
+    version instead (in ``find_links`` or the index); a lock file with hashes is hash-checked.
+    """
+    spec, _, lockfile = f" {requirement}".partition(" -r ")
+    spec = spec.strip()
+    requirements = Path(lockfile.strip()) if lockfile.strip() else None
+    if spec.endswith(".whl") and not Path(spec).exists():
+        with contextlib.suppress(InvalidWheelFilename, InvalidVersion):
+            name, version, _build, _tags = parse_wheel_filename(Path(spec).name)
+            spec = f"{name}=={version}"
+    hashed = False
+    if requirements is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            hashed = "--hash" in requirements.read_text()
+    return InstallRequest(
+        spec=spec or None,
+        find_links=tuple(find_links),
+        index_url=index_url,
+        no_index=bool(find_links) and not index_url,
+        requirements=requirements,
+        require_hashes=hashed,
+    )
 
 
 def _routes_edit(
@@ -1209,4 +1360,12 @@ def release(
     return handle.release(target, artifact, key=key, context=context)
 
 
-__all__ = ["InstallOutcome", "Reconciliation", "Replay", "Turnout", "default_actor", "release"]
+__all__ = [
+    "InstallOutcome",
+    "Reconciliation",
+    "Replay",
+    "SyncResult",
+    "Turnout",
+    "default_actor",
+    "release",
+]
