@@ -20,12 +20,23 @@ from turnout import Turnout
 from turnout.cli import STATUSES, cli
 from turnout.errors import ReleaseFailedError
 from turnout.refs import PluginRef
-from turnout.releases import Ledger, Status
+from turnout.releases import Claim, Ledger, Status
 from turnout.stats import percentile, summarize
 
 pytestmark = pytest.mark.usefixtures("plugin_site")
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ECHO = PluginRef("echo", "1.0.0")
+
+
+def new_claim(ledger: Ledger, key: str, context: dict[str, str] | None = None) -> Claim:
+    """A new release to target "site" by echo@1.0.0, claimed (running) under ``ledger``."""
+    claim = ledger.claim(
+        target="site", key=key, fingerprint=key, plugin_ref=ECHO, artifact="a",
+        context=context or {},
+    )  # fmt: skip
+    assert isinstance(claim, Claim)
+    return claim
 
 
 def invoke(url: str, *args: str) -> Result:
@@ -201,26 +212,15 @@ def test_releases_show_gives_request_decision_attempts_output_and_timings(
 def test_releases_show_prints_plugin_output_escaped(db_path: Path) -> None:
     """Stored output with ANSI escapes and rich markup is printed as written, one line each."""
     url = f"sqlite:///{db_path}"
-    ledger_url = url
-    with Turnout(ledger_url) as tt:
-        tt.registry.ensure_schema()
-        claim = tt.ledger.claim(
-            target="site",
-            key="k",
-            fingerprint="f",
-            plugin_ref=PluginRef("echo", "1.0.0"),
-            artifact="a",
-            context={},
-        )
-        assert not isinstance(claim, type(None))
+    with Turnout(url) as tt:
+        claim = new_claim(tt.ledger, "k")
         tt.ledger.move(
-            claim,  # type: ignore[arg-type]
+            claim,
             Status.FAILED,
             error="boom [red]not markup[/red]",
             output="--- attempt 1 ---\nINFO fake log line\n\x1b[31mred\x1b[0m\n",
         )
-        release_id = claim.id  # type: ignore[union-attr]
-    shown = invoke(url, "releases", "show", release_id)
+    shown = invoke(url, "releases", "show", claim.id)
     assert "\x1b" not in shown.stdout
     assert "\\x1b[31mred\\x1b[0m" in shown.stdout
     assert "[red]not markup[/red]" in shown.stdout
@@ -234,29 +234,18 @@ def test_stats_durations_and_percentiles_are_exact(registry_url: str) -> None:
     now = [NOW]
     with Turnout(registry_url) as tt:
         ledger = Ledger(tt.registry.engine, clock=lambda: now[0])
-        ref = PluginRef("echo", "1.0.0")
         durations = [0.010 * (i + 1) for i in range(40)]  # 10 ms .. 400 ms
         for i, seconds in enumerate(durations):
             now[0] = NOW + timedelta(minutes=i)
-            claim = ledger.claim(
-                target="site",
-                key=f"k{i}",
-                fingerprint=f"f{i}",
-                plugin_ref=ref,
-                artifact="a",
-                context={"customer": "acme"},
-            )
+            claim = new_claim(ledger, f"k{i}", {"customer": "acme"})
             now[0] += timedelta(seconds=seconds)
             status = Status.FAILED if i % 4 == 0 else Status.SUCCEEDED
-            ledger.move(claim, status, attempts=1 + i % 3)  # type: ignore[arg-type]
+            ledger.move(claim, status, attempts=1 + i % 3)
         # One still running and one unknown: counted apart, in no rate and no percentile.
-        for key in ("open", "lost"):
-            claim = ledger.claim(
-                target="site", key=key, fingerprint=key, plugin_ref=ref, artifact="a", context={}
-            )
-            if key == "lost":  # taken over after its runner died, and nothing could tell
-                ledger.move(claim, Status.CLAIMED)  # type: ignore[arg-type]
-                ledger.move(claim, Status.UNKNOWN, error="runner died")  # type: ignore[arg-type]
+        new_claim(ledger, "open")
+        lost = new_claim(ledger, "lost")  # taken over after its runner died; nothing could tell
+        ledger.move(lost, Status.CLAIMED)
+        ledger.move(lost, Status.UNKNOWN, error="runner died")
         groups, total = summarize(ledger.outcomes(["version"]), ["version"])
     (echo,) = groups
     assert (echo.releases, echo.succeeded, echo.failed, echo.unknown, echo.running) == (
@@ -276,14 +265,9 @@ def test_stats_since_window_and_bad_dimension(db_path: Path) -> None:
     with Turnout(url) as tt:
         tt.registry.ensure_schema()
         ledger = Ledger(tt.registry.engine, clock=lambda: now[0])
-        ref = PluginRef("echo", "1.0.0")
         for i, age in enumerate((3, 0)):
             now[0] = datetime.now(UTC) - timedelta(hours=age)
-            claim = ledger.claim(
-                target="site", key=f"k{i}", fingerprint="f", plugin_ref=ref, artifact="a",
-                context={},
-            )  # fmt: skip
-            ledger.move(claim, Status.SUCCEEDED)  # type: ignore[arg-type]
+            ledger.move(new_claim(ledger, f"k{i}"), Status.SUCCEEDED)
     assert data(invoke(url, "stats", "--json"))["total"]["releases"] == 1  # default: 1h
     assert data(invoke(url, "stats", "--since", "4h", "--json"))["total"]["releases"] == 2
     bad = invoke(url, "stats", "--by", "colour")
