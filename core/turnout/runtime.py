@@ -917,7 +917,6 @@ class Turnout:
         check: bool = False,
         find_links: Sequence[str] = (),
         index_url: str | None = None,
-        progress: Callable[[SyncResult], None] | None = None,
     ) -> list[SyncResult]:
         """Install on this machine every store plugin version a target or a route references.
 
@@ -930,7 +929,7 @@ class Turnout:
         registry has no record of is ``unknown``. Running it again installs nothing.
 
         Returns:
-            One result per referenced plugin ref, by ref; ``progress`` gets each as it is done.
+            One result per referenced plugin ref, by ref.
         """
         self.registry.ensure_schema()
         users = self.registry.targets_by_plugin()
@@ -938,13 +937,10 @@ class Turnout:
             (PluginRef.parse(text) for text in users), key=lambda r: (r.plugin_id, r.version)
         )
         done: dict[str, SyncResult] = {}  # environment digest -> the outcome of installing it
-        results = []
-        for ref in refs:
-            result = self._sync_one(ref, tuple(users[str(ref)]), check, find_links, index_url, done)
-            results.append(result)
-            if progress is not None:
-                progress(result)
-        return results
+        return [
+            self._sync_one(ref, tuple(users[str(ref)]), check, find_links, index_url, done)
+            for ref in refs
+        ]
 
     def _sync_one(
         self,
