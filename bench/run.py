@@ -1,9 +1,11 @@
-"""Measure PERFORMANCE.md's goals P1, P2, P3, P4, P5, P6, P9, P10 and P11.
+"""Measure PERFORMANCE.md's goals P1, P2, P3, P4, P5, P6, P8, P9, P10 and P11.
 
 Every goal is a ratio to a floor or a peer measured in the same run: both sides alternate,
 after a warm-up, and the table gives medians with min-max. Run it with ``nox -s bench``
 (``-- --quick`` for a short run, ``-- --only P2,P10`` for some goals). The table is printed and
-written as JSON to ``bench/results/latest.json``. Failing a goal does not fail the run (pass
+written as JSON to ``bench/results/latest.json``. P8 needs a PostgreSQL server
+(``TURNOUT_BENCH_POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``) and
+psycopg; without them it is reported as skipped. Failing a goal does not fail the run (pass
 ``--strict`` for that): the numbers depend on the machine.
 """
 
@@ -30,6 +32,7 @@ import goal_p3
 import goal_p4
 import goal_p5
 import goal_p6
+import goal_p8
 import goal_p9
 import goal_p10
 import goal_p11
@@ -46,13 +49,16 @@ GOALS: dict[str, Callable[[World, Plan, Report, argparse.Namespace], None]] = {
     "P5": lambda w, p, r, _a: goal_p5.run(w, p, r),
     "P10": lambda w, p, r, _a: goal_p10.run(w, p, r),
     "P9": lambda w, p, r, _a: goal_p9.run(w, p, r),
+    "P8": lambda w, p, r, _a: goal_p8.run(w, p, r),
     "P6": lambda w, p, r, a: goal_p6.run(w, p, r, cli=not a.quick),
     "parts": lambda w, p, r, _a: parts.run(w, p, r),
 }
 DB_SETTINGS = (
     "SQLite file per registry; journal_mode=WAL, synchronous=NORMAL, busy_timeout=30 s, "
     "foreign_keys=ON; writes BEGIN IMMEDIATE (turnout's engine); the naive peer's table is the "
-    "same definition in its own file with the same pragmas (pysqlite's default BEGIN)"
+    "same definition in its own file with the same pragmas (pysqlite's default BEGIN); P8 "
+    "alone: a PostgreSQL database of its own (psycopg 3, turnout's engine, the server's "
+    "settings)"
 )
 
 
@@ -134,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             "plan": {"rounds": plan.rounds, "warmup": plan.warmup, "scale": plan.scale},
             "machine": machine(world.uv),
             "database": DB_SETTINGS,
-            "processes": "this process, plus one warm worker (P2, P10's registry, P11) and "
-            "the spawned children each goal names; nothing else of the benchmark's runs",
+            "processes": "this process, plus one warm worker (P2, P10's registry, P11), "
+            "P8's four fleet processes and PostgreSQL's backends, and the spawned children "
+            "each goal names; nothing else of the benchmark's runs",
         }
         print(
             f"turnout bench ({meta['mode']}): Python {meta['machine']['python']}, "
