@@ -54,7 +54,7 @@ PLUGINS = sorted(
     if (p / "pyproject.toml").exists() and not p.name.startswith("_")
 )
 LINT_TOOLS = ["ruff>=0.8"]
-TYPE_TOOLS = ["mypy>=1.13"]
+TYPE_TOOLS = ["mypy>=1.13", "celery-types>=0.22"]
 BENCH_TOOLS = ["stevedore>=5"]  # the naive registry that P10 compares against
 
 
@@ -65,7 +65,7 @@ def tests(session: nox.Session) -> None:
     The core is installed as a wheel (not editable), so the tests see what users get,
     migrations included. Pass pytest arguments after ``--``, e.g. ``-- -k release -n 0``.
     """
-    session.install(".[test,postgres,otel]")
+    session.install(".[test,postgres,otel,celery]")
     args = session.posargs or ["-n", "auto"]
     session.run("pytest", *args)
 
@@ -92,7 +92,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """Type-check the core and every plugin with mypy --strict."""
-    session.install(*TYPE_TOOLS, ".[postgres,otel]", *(f"./plugins/{p}" for p in PLUGINS))
+    session.install(*TYPE_TOOLS, ".[postgres,otel,celery]", *(f"./plugins/{p}" for p in PLUGINS))
     session.run("mypy", *session.posargs)
     for plugin in PLUGINS:
         session.run("mypy", "--strict", f"plugins/{plugin}/src")
@@ -124,7 +124,7 @@ def bench(session: nox.Session) -> None:
     bench/results/latest.json. Takes a few minutes; ``-- --quick`` runs in well under one,
     ``-- --only P2,P10`` picks goals. Not a default session: a slow machine fails no build.
     """
-    session.install(".[otel]", *BENCH_TOOLS)
+    session.install(".[otel,postgres]", *BENCH_TOOLS)  # postgres: P8 runs on PostgreSQL
     session.run("python", "bench/run.py", *session.posargs)
 
 

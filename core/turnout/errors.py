@@ -32,7 +32,7 @@ later), 78 configuration error.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from turnout.releases import ReleaseRecord
@@ -49,6 +49,18 @@ class TurnoutError(Exception):
     """The root of every error turnout raises on purpose."""
 
     exit_code: ClassVar[int] = EXIT_FAILED
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as it is, without calling __init__ again (whose arguments differ per class):
+        # errors cross process boundaries (Celery results, multiprocessing) intact.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[TurnoutError], args: tuple[Any, ...], state: dict[str, Any]) -> TurnoutError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class UsageError(TurnoutError, ValueError):

@@ -9,6 +9,7 @@ never retried. Every attempt of a release reuses the release's idempotency key.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ from tenacity import (
 
 from turnout._serve import is_transient
 
-__all__ = ["is_transient", "release_policy"]
+__all__ = ["is_transient", "release_policy", "task_countdown"]
 
 log = logging.getLogger("turnout.retries")
 
@@ -51,6 +52,23 @@ def release_policy(
         reraise=True,
         before_sleep=_log_retry,
     )
+
+
+TASK_BACKOFF_FIRST = 1.0
+"""Seconds: the ceiling of a job runner's first wait before asking again (see task_countdown)."""
+TASK_BACKOFF_MAX = 60.0
+
+
+def task_countdown(retries: int) -> float:
+    """Seconds a job runner waits before asking again about a release not decided yet.
+
+    For an outcome that asking again can change (held elsewhere, registry down, routing
+    moved): exponential from 1 s, capped at 60 s, with equal jitter (half the ceiling fixed,
+    half random), so duplicates of one key do not come back in step and every wait makes
+    progress towards the holder's lease expiring. ``retries`` counts the earlier retries.
+    """
+    ceiling = min(TASK_BACKOFF_MAX, TASK_BACKOFF_FIRST * 2.0 ** max(0, retries))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not a secret
 
 
 def _log_retry(state: RetryCallState) -> None:

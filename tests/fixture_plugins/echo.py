@@ -9,12 +9,14 @@ Config:
     reject_versions: a list of versions whose turnout_validate_config refuses the config (the
         wheel's own ``VERSION`` decides), for refusals that depend on the version checked.
     sleep: seconds each call takes after recording itself in ``calls`` (a slow deploy).
+    note_pid: any true value adds the calling process's id (``pid``) to each line of ``calls``.
     deployed: a file to which a call appends one JSON line once the release has taken effect:
         after ``sleep``, and only when the call succeeds. When it is set, turnout_probe reads
         it instead of ``calls`` (a call that is recorded but has not finished did not deploy).
 """
 
 import json
+import os
 import time
 
 import pluggy
@@ -50,6 +52,8 @@ def turnout_release(artifact, target, config, context, idempotency_key, attempt)
                 "version": VERSION,
                 "target": target,
             }
+            if config.get("note_pid"):
+                line["pid"] = os.getpid()
             calls.write(json.dumps(line) + "\n")
     if config.get("sleep"):
         time.sleep(config["sleep"])

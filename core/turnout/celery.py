@@ -1,0 +1,150 @@
+"""Releases as Celery tasks, for fleets: the ``turnout[celery]`` extra.
+
+A producer anywhere enqueues the task ``turnout.release``; a Celery worker on any machine runs it
+through the same Python API as ``turnout release``: it resolves the target's routing, claims the
+idempotency key in the registry, runs exactly the chosen plugin version and records the outcome.
+The registry (PostgreSQL for a fleet) is what keeps one key to one deploy, whichever worker runs
+a message and however often the broker delivers it::
+
+    TURNOUT_DATABASE_URL=postgresql://turnout@db/turnout \\
+    TURNOUT_CELERY_BROKER_URL=redis://queue:6379/0 \\
+        celery -A turnout.celery worker --loglevel INFO
+
+A producer needs only Celery, not turnout::
+
+    Celery(broker="redis://queue:6379/0").send_task(
+        "turnout.release",
+        kwargs={"target": "docs", "artifact": "s3://builds/4411.tgz", "key": "build-4411",
+                "context": {"customer": "acme"}},
+        queue="turnout",
+    )
+
+Outcomes map onto Celery like this:
+
+- deployed (or released before under the same key): the task succeeds and returns the release
+  record as ``turnout release --json`` prints it;
+- not decided yet — the key is held by a live runner elsewhere, the registry cannot be reached,
+  the routing moved under every try, another runner took the release over: the task is retried
+  with exponential backoff (:func:`turnout.retries.task_countdown`), up to ``max_retries``;
+- decided and recorded — failed permanently, failed transiently after the target's own retries
+  (turnout has already retried it with backoff under the same key; asking again would only
+  return the record: ``turnout replay`` runs it again once the cause is fixed), ``unknown``
+  (a human or the plugin's probe must say; ``turnout reconcile``), or refused (unknown target,
+  plugin version not installed, config rejected, key reused for another request): the task
+  fails and is not retried.
+
+Messages are acknowledged late and rejected back to the queue when the worker process dies
+mid-task, so a killed worker's releases run again elsewhere; the registry's claim, lease and
+takeover decide what that second run does (see docs/operating.md, "Leases and crashed runners").
+
+Settings for the ready-made :data:`app` (a Celery app of your own takes :func:`register`):
+
+``TURNOUT_CELERY_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``),
+``TURNOUT_CELERY_RESULT_BACKEND`` (default none), ``TURNOUT_CELERY_QUEUE`` (default ``turnout``),
+``TURNOUT_CELERY_VISIBILITY_TIMEOUT`` (seconds before Redis hands an unacknowledged message to
+another worker; default 3600) and ``TURNOUT_CELERY_MAX_RETRIES`` (default 20, about 15 minutes of
+backoff). The registry is ``TURNOUT_DATABASE_URL``, as for the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery, Task
+
+from turnout import runtime
+from turnout.errors import EXIT_TEMPFAIL, ReleaseFailedError, TurnoutError
+from turnout.retries import task_countdown
+
+__all__ = ["TASK_NAME", "app", "decided", "register"]
+
+TASK_NAME = "turnout.release"
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+DEFAULT_QUEUE = "turnout"
+DEFAULT_MAX_RETRIES = 20
+
+
+def decided(exc: TurnoutError) -> bool:
+    """Whether asking again about the release that raised ``exc`` would give the same answer.
+
+    A recorded outcome (any :class:`~turnout.errors.ReleaseFailedError`) and a refusal (exit
+    code other than 75) are decided; the other temporary failures (in progress elsewhere,
+    registry unavailable, routing moved, lease lost) are not, and are worth a retry later.
+    """
+    return isinstance(exc, ReleaseFailedError) or exc.exit_code != EXIT_TEMPFAIL
+
+
+def register(celery_app: Celery, *, max_retries: int | None = None) -> Task:  # type: ignore[type-arg]
+    """Add the ``turnout.release`` task to ``celery_app`` and return it.
+
+    The task acknowledges late and is rejected back to the queue when its worker process is
+    lost; it releases with the process's default :class:`~turnout.Turnout` handle for
+    ``db`` (else ``TURNOUT_DATABASE_URL``), kept warm across tasks.
+    """
+    if max_retries is None:
+        max_retries = int(os.environ.get("TURNOUT_CELERY_MAX_RETRIES") or DEFAULT_MAX_RETRIES)
+
+    @celery_app.task(
+        name=TASK_NAME,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=max_retries,
+    )
+    def release(
+        self: Task,  # type: ignore[type-arg]
+        target: str,
+        artifact: str,
+        key: str,
+        context: dict[str, str] | None = None,
+        db: str | None = None,
+    ) -> dict[str, Any]:
+        """Release ``artifact`` to ``target`` once for ``key``; see :func:`turnout.release`."""
+        try:
+            record = runtime.release(target, artifact, key=key, context=context, db=db)
+        except TurnoutError as exc:
+            if decided(exc):
+                raise
+            raise self.retry(exc=exc, countdown=task_countdown(self.request.retries)) from exc
+        return record.to_dict()
+
+    return release
+
+
+def _app_from_environment() -> Celery:
+    celery_app = Celery(
+        "turnout",
+        broker=os.environ.get("TURNOUT_CELERY_BROKER_URL") or DEFAULT_BROKER,
+        backend=os.environ.get("TURNOUT_CELERY_RESULT_BACKEND") or None,
+    )
+    queue = os.environ.get("TURNOUT_CELERY_QUEUE") or DEFAULT_QUEUE
+    visibility = float(os.environ.get("TURNOUT_CELERY_VISIBILITY_TIMEOUT") or 3600)
+    celery_app.conf.update(
+        task_default_queue=queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message at a time per process: a prefetched message waits behind a slow deploy,
+        # and is only redelivered after the visibility timeout if this worker dies.
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_extended=True,
+        broker_transport_options={
+            "visibility_timeout": visibility,
+            # Redis hands a dead worker's messages to another once visibility_timeout has
+            # passed, but only sweeps for them every interval x throttle seconds (100 s by
+            # default); sweep every quarter of the timeout, at most every 10 s.
+            "unacked_restore_interval": max(1.0, min(10.0, visibility / 4)),
+            "unacked_restore_throttle": 1,
+        },
+        broker_connection_retry_on_startup=True,
+    )
+    register(celery_app)
+    return celery_app
+
+
+app = _app_from_environment()
+"""A Celery app configured from ``TURNOUT_CELERY_*``, with the task registered:
+``celery -A turnout.celery worker``."""

@@ -1,0 +1,392 @@
+"""The Celery integration (``turnout[celery]``): the task's outcome mapping, then a real fleet.
+
+The first cases run the task in this process (Celery's ``apply``) against a real registry on
+each database, to pin how each outcome maps onto Celery. The last starts real Celery worker
+processes on a real Redis broker and a real PostgreSQL registry, enqueues 1,000 releases with
+duplicates, kills a worker mid-release and checks that nothing deployed twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import celery
+import pytest
+from helpers import POSTGRES_URL_ENV, fresh_postgres_database, read_calls
+
+import turnout.celery as turnout_celery
+from turnout import Status, Turnout, runtime
+from turnout.releases import TERMINAL, Claim, fingerprint
+from turnout.retries import task_countdown
+
+pytestmark = pytest.mark.usefixtures("plugin_site")
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+@pytest.fixture
+def task(registry_url: str) -> Iterator[Any]:
+    """The ``turnout.release`` task; the registry's default handle is closed afterwards."""
+    yield turnout_celery.app.tasks[turnout_celery.TASK_NAME]
+    handle = runtime._default.pop(str(runtime._db.database_url(registry_url)), None)
+    if handle is not None:
+        handle.close()
+
+
+@pytest.fixture
+def tt(registry_url: str) -> Iterator[Turnout]:
+    with Turnout(registry_url) as handle:
+        yield handle
+
+
+@pytest.fixture
+def countdowns(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every retry the task schedules, by the retry count it was computed for."""
+    asked: list[int] = []
+
+    def countdown(retries: int) -> float:
+        asked.append(retries)
+        return 0.0
+
+    monkeypatch.setattr(turnout_celery, "task_countdown", countdown)
+    return asked
+
+
+def echo_target(tt: Turnout, name: str, calls: Path, **config: Any) -> None:
+    tt.set_target(
+        name, "echo@1.0.0", config={"calls": str(calls), **config}, isolation="inline", reason="t"
+    )
+
+
+def apply(task: Any, url: str, key: str, target: str = "site") -> Any:
+    kwargs = {"target": target, "artifact": "a.tgz", "key": key, "db": url}
+    return task.apply(kwargs=kwargs)
+
+
+# The outcome mapping, in process -----------------------------------------------------------
+
+
+def test_celery_task_returns_the_release_record_as_json(
+    tt: Turnout, task: Any, registry_url: str, calls_file: Path
+) -> None:
+    echo_target(tt, "site", calls_file)
+    result = apply(task, registry_url, "k1")
+    assert result.state == "SUCCESS"
+    record = result.result
+    assert json.loads(json.dumps(record)) == record  # what a JSON result backend stores
+    stored = tt.ledger.find("site", "k1")
+    assert stored is not None
+    assert record == {**stored.to_dict(), "reused": False}
+    assert record["status"] == "succeeded"
+    assert record["plugin_ref"] == "echo@1.0.0"
+    # A duplicate message answers with the same release and runs nothing.
+    again = apply(task, registry_url, "k1")
+    assert again.state == "SUCCESS"
+    assert again.result["id"] == record["id"]
+    assert again.result["reused"] is True
+    assert len(read_calls(calls_file)) == 1
+
+
+def test_celery_task_permanent_failure_fails_without_retry(
+    tt: Turnout, task: Any, registry_url: str, calls_file: Path, countdowns: list[int]
+) -> None:
+    echo_target(tt, "site", calls_file, fail_with="permanent")
+    result = apply(task, registry_url, "bad-1")
+    assert result.state == "FAILURE"
+    assert type(result.result).__name__ == "ReleaseFailedError"
+    assert countdowns == []
+    assert len(read_calls(calls_file)) == 1
+    stored = tt.ledger.find("site", "bad-1")
+    assert stored is not None
+    assert stored.status is Status.FAILED
+    assert stored.retryable is False
+
+
+def test_celery_task_transient_failure_is_retried_by_turnout_not_by_celery(
+    tt: Turnout, task: Any, registry_url: str, calls_file: Path, countdowns: list[int]
+) -> None:
+    # The target's own retries (with backoff, same key) run inside the task; once they are
+    # spent the failure is recorded, and a Celery retry would only read that record back.
+    echo_target(tt, "site", calls_file, fail_with="connection")
+    tt.set_target("site", "echo@1.0.0", max_attempts=3, reason="t")
+    result = apply(task, registry_url, "down-1")
+    assert result.state == "FAILURE"
+    assert type(result.result).__name__ == "TransientReleaseError"
+    assert countdowns == []
+    assert [call["attempt"] for call in read_calls(calls_file)] == [1, 2, 3]
+
+
+def test_celery_task_refusals_fail_without_retry(
+    tt: Turnout, task: Any, registry_url: str, calls_file: Path, countdowns: list[int]
+) -> None:
+    missing = apply(task, registry_url, "k1", target="nowhere")
+    assert missing.state == "FAILURE"
+    assert type(missing.result).__name__ == "UnknownTargetError"
+    echo_target(tt, "site", calls_file)
+    assert apply(task, registry_url, "k1").state == "SUCCESS"
+    other = task.apply(
+        kwargs={"target": "site", "artifact": "b.tgz", "key": "k1", "db": registry_url}
+    )
+    assert other.state == "FAILURE"
+    assert type(other.result).__name__ == "KeyMismatchError"
+    assert countdowns == []
+    assert len(read_calls(calls_file)) == 1
+
+
+def test_celery_task_retries_with_backoff_while_the_key_is_held_elsewhere(
+    tt: Turnout, task: Any, registry_url: str, calls_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    echo_target(tt, "site", calls_file)
+    # Another runner claims the key and is still running it (a live lease).
+    router = tt._router("site")
+    decision = router.resolve({})
+    claim = tt.ledger.claim(
+        target="site",
+        key="k1",
+        fingerprint=fingerprint("site", "a.tgz", decision.plugin_ref, router.spec.config, {}),
+        plugin_ref=decision.plugin_ref,
+        artifact="a.tgz",
+        context={},
+        decision=decision.record(),
+        revision=router.spec.revision,
+    )
+    assert isinstance(claim, Claim)
+    waits: list[float] = []
+
+    def countdown(retries: int) -> float:
+        wait = task_countdown(retries)
+        waits.append(wait)
+        if retries == 2:  # the other runner finishes while this task waits
+            tt.ledger.move(claim, Status.SUCCEEDED, result={"by": "the other runner"})
+        return wait
+
+    monkeypatch.setattr(turnout_celery, "task_countdown", countdown)
+    result = apply(task, registry_url, "k1")
+    assert result.state == "SUCCESS"
+    assert result.result["reused"] is True
+    assert result.result["result"] == {"by": "the other runner"}
+    assert len(waits) == 3
+    # Exponential with equal jitter: retry n waits between 2**n / 2 and 2**n seconds.
+    assert [
+        ceiling / 2 <= wait <= ceiling for wait, ceiling in zip(waits, (1, 2, 4), strict=True)
+    ] == [True] * 3
+    assert read_calls(calls_file) == []  # this task never ran the plugin
+
+
+# A real fleet: Celery workers on Redis, the registry on PostgreSQL --------------------------
+
+UNIQUE = 700
+DUPLICATES = 300
+TARGETS = 20
+PERMANENT = {"t18"}  # fails permanently: one failed record per key, never retried
+FLAKY = {"t19"}  # fails once, then succeeds on turnout's own second attempt
+LEASE = 2.0
+VISIBILITY = 8.0
+
+
+def redis_up() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((REDIS_HOST, REDIS_PORT), 2):
+        return True
+    return False
+
+
+@pytest.fixture
+def fleet_registry(tmp_path: Path) -> Iterator[str]:
+    server = os.environ.get(POSTGRES_URL_ENV)
+    if not (server and redis_up()):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the fleet case: needs {POSTGRES_URL_ENV} and Redis")
+        pytest.skip(f"needs {POSTGRES_URL_ENV} and Redis on {REDIS_HOST}:{REDIS_PORT}")
+    with fresh_postgres_database(server) as url:
+        from turnout.registry import Registry
+
+        registry = Registry(url)
+        try:
+            registry.upgrade()
+        finally:
+            registry.close()
+        yield url
+
+
+class Fleet:
+    """Celery worker nodes in process groups of their own, and a producer, on one queue."""
+
+    def __init__(self, url: str, logs: Path) -> None:
+        self.queue = f"turnout-test-{uuid.uuid4().hex[:12]}"
+        self.broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+        self.logs = logs
+        self.env = {
+            **os.environ,
+            "TURNOUT_DATABASE_URL": url,
+            "TURNOUT_CELERY_BROKER_URL": self.broker,
+            "TURNOUT_CELERY_RESULT_BACKEND": self.broker,
+            "TURNOUT_CELERY_QUEUE": self.queue,
+            "TURNOUT_CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY),
+            "TURNOUT_LEASE_SECONDS": str(LEASE),
+        }
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self.producer = celery.Celery("producer", broker=self.broker, backend=self.broker)
+        self.producer.conf.update(task_serializer="json", result_serializer="json")
+
+    def start(self, name: str, concurrency: int = 2) -> None:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            self.nodes[name] = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "celery", "-A", "turnout.celery", "worker"),
+                    *("--hostname", f"{name}@{self.queue}", "--queues", self.queue),
+                    *("--concurrency", str(concurrency), "--pool", "prefork"),
+                    *("--without-gossip", "--without-mingle", "--loglevel", "INFO"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the node and its pool processes at once, as when its machine dies."""
+        node = self.nodes.pop(name)
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait(10)
+
+    def send(self, target: str, artifact: str, key: str) -> Any:
+        kwargs = {"target": target, "artifact": artifact, "key": key}
+        return self.producer.send_task("turnout.release", kwargs=kwargs, queue=self.queue)
+
+    def stop(self) -> None:
+        for name in list(self.nodes):
+            self.kill(name)
+        with contextlib.suppress(Exception), self.producer.connection() as conn:
+            conn.default_channel.queue_delete(self.queue)
+
+
+def wait_for(condition: Callable[[], bool], *, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    # The last line may be half written while workers run.
+    return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+
+@pytest.mark.slow
+def test_celery_fleet_kills_a_worker_midway_and_deploys_nothing_twice(
+    fleet_registry: str, tmp_path: Path
+) -> None:
+    calls, deployed = tmp_path / "calls.jsonl", tmp_path / "deployed.jsonl"
+    targets = [f"t{n:02d}" for n in range(TARGETS)]
+    with Turnout(fleet_registry) as tt:
+        for name in targets:
+            config: dict[str, Any] = {
+                "calls": str(calls),
+                "deployed": str(deployed),
+                "note_pid": True,
+                "sleep": 0.05,
+            }
+            if name in PERMANENT:
+                config["fail_with"] = "permanent"
+            if name in FLAKY:
+                config.update(fail_with="connection", fail_times=1)
+            tt.set_target(name, "echo@1.0.0", config=config, isolation="inline", reason="fleet")
+    rng = random.Random(8)  # noqa: S311 - a reproducible order, not a secret
+    unique = [(targets[n % TARGETS], f"build-{n}") for n in range(UNIQUE)]
+    requests = unique + [rng.choice(unique) for _ in range(DUPLICATES)]
+    rng.shuffle(requests)
+
+    fleet = Fleet(fleet_registry, tmp_path)
+    try:
+        fleet.start("w1")
+        fleet.start("w2")
+        results = [fleet.send(target, f"{key}.tgz", key) for target, key in requests]
+
+        # Midway, kill node w1 while one of its processes is inside a release.
+        wait_for(lambda: len(lines(deployed)) >= UNIQUE // 3, what="a third deployed", timeout=240)
+        w1 = fleet.nodes["w1"].pid
+
+        def w1_mid_release() -> bool:
+            done = {(line["target"], line["key"]) for line in lines(deployed)}
+            return any(
+                _group_of(call["pid"]) == w1 and (call["target"], call["key"]) not in done
+                for call in lines(calls)[-8:]
+            )
+
+        wait_for(w1_mid_release, what="w1 inside a release", timeout=60)
+        cut = {
+            (call["target"], call["key"]) for call in lines(calls) if _group_of(call["pid"]) == w1
+        }
+        fleet.kill("w1")
+        with Turnout(fleet_registry) as tt:
+            running = {
+                (record.target, record.idempotency_key)
+                for record in tt.ledger.recent(statuses=[Status.RUNNING], limit=None)
+            }
+        interrupted = cut & running
+        assert interrupted, "the kill should have cut a release short"
+
+        wait_for(
+            lambda: all(result.ready() for result in results),
+            what="every message to end (SUCCESS or FAILURE)",
+            timeout=300,
+        )
+        states = Counter(
+            (target in PERMANENT, result.state)
+            for (target, _key), result in zip(requests, results, strict=True)
+        )
+        permanent_sent = sum(1 for target, _ in requests if target in PERMANENT)
+        assert states == {
+            (False, "SUCCESS"): len(requests) - permanent_sent,
+            (True, "FAILURE"): permanent_sent,
+        }
+
+        # Zero double deploys: each (target, key) took effect at most once.
+        deploys = Counter((line["target"], line["key"]) for line in lines(deployed))
+        assert max(deploys.values()) == 1
+        expected = {request for request in unique if request[0] not in PERMANENT}
+        assert set(deploys) == expected
+        for request in interrupted:  # run again after the kill, to its end, once
+            assert deploys.get(request, 0) == (request[0] not in PERMANENT)
+
+        # Every release is terminal or explicitly unknown; none is left running or claimed.
+        with Turnout(fleet_registry) as tt:
+            records = [tt.ledger.find(target, key) for target, key in unique]
+        assert all(record is not None for record in records)
+        statuses = Counter(record.status for record in records if record is not None)
+        assert set(statuses) <= TERMINAL | {Status.UNKNOWN}
+        assert statuses[Status.FAILED] == sum(1 for t, _ in unique if t in PERMANENT)
+        for record in records:
+            assert record is not None
+            if (record.target, record.idempotency_key) in interrupted:
+                # Taken over once the lease expired: the probe found it deployed, or it ran
+                # again (with the same key) to its end.
+                assert record.status is Status.RECONCILED or record.attempts >= 2
+            if record.target in FLAKY and record.status is Status.SUCCEEDED:
+                assert record.attempts >= 2  # the first attempt failed and turnout retried it
+    finally:
+        fleet.stop()
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
