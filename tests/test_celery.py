@@ -236,6 +236,9 @@ class Fleet:
             "TURNOUT_CELERY_QUEUE": self.queue,
             "TURNOUT_CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY),
             "TURNOUT_LEASE_SECONDS": str(LEASE),
+            # Each pool process sets up OpenTelemetry from OTEL_*: spans printed to the log.
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_METRICS_EXPORTER": "none",
         }
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         self.producer = celery.Celery("producer", broker=self.broker, backend=self.broker)
@@ -365,6 +368,10 @@ def test_celery_fleet_kills_a_worker_midway_and_deploys_nothing_twice(
         assert set(deploys) == expected
         for request in interrupted:  # run again after the kill, to its end, once
             assert deploys.get(request, 0) == (request[0] not in PERMANENT)
+
+        spans = (tmp_path / "w2.log").read_text(encoding="utf-8", errors="replace")
+        assert '"name": "turnout.release"' in spans
+        assert '"name": "turnout.attempt"' in spans
 
         # Every release is terminal or explicitly unknown; none is left running or claimed.
         with Turnout(fleet_registry) as tt:

@@ -43,17 +43,18 @@ Settings for the ready-made :data:`app` (a Celery app of your own takes :func:`r
 ``TURNOUT_CELERY_RESULT_BACKEND`` (default none), ``TURNOUT_CELERY_QUEUE`` (default ``turnout``),
 ``TURNOUT_CELERY_VISIBILITY_TIMEOUT`` (seconds before Redis hands an unacknowledged message to
 another worker; default 3600) and ``TURNOUT_CELERY_MAX_RETRIES`` (default 20, about 15 minutes of
-backoff). The registry is ``TURNOUT_DATABASE_URL``, as for the CLI.
+backoff). The registry is ``TURNOUT_DATABASE_URL``, as for the CLI; each pool process sets up
+OpenTelemetry from the standard ``OTEL_*`` variables, as the CLI does (``turnout[otel]``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
-from celery import Celery, Task
+from celery import Celery, Task, current_app, signals
 
-from turnout import runtime
+from turnout import runtime, telemetry
 from turnout.errors import EXIT_TEMPFAIL, ReleaseFailedError, TurnoutError
 from turnout.retries import task_countdown
 
@@ -142,6 +143,16 @@ def _app_from_environment() -> Celery:
         broker_connection_retry_on_startup=True,
     )
     register(celery_app)
+
+    @signals.worker_process_init.connect(weak=False)
+    def _telemetry(**_: Any) -> None:
+        # In each pool process, after the fork (the SDK's export threads do not survive one),
+        # and only for workers of this app: an app of your own sets up its own telemetry.
+        if cast(Any, current_app)._get_current_object() is celery_app:
+            shutdown = telemetry.configure()
+            if shutdown is not None:
+                signals.worker_process_shutdown.connect(lambda **_: shutdown(), weak=False)
+
     return celery_app
 
 
