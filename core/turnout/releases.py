@@ -1,9 +1,10 @@
 """The release ledger: claiming an idempotency key, recording outcomes, reading them back.
 
 A release is claimed by inserting its row, unique on (target, idempotency key), in a short
-committed transaction before any plugin code runs; whoever loses that insert answers from the
-winner's row instead of running anything. Statements here use SQLAlchemy Core: this is the hot
-path of every release.
+committed transaction before any plugin code runs. An insert that finds the key taken writes
+nothing and fails nothing (``ON CONFLICT DO NOTHING``); its caller answers from the winner's
+row instead of running anything. Statements here use SQLAlchemy Core: this is the hot path of
+every release.
 """
 
 from __future__ import annotations
@@ -310,8 +311,9 @@ class Ledger:
         self.lease = timedelta(seconds=lease)
         self.clock = clock
         self._heart = _Heartbeat(self)
-        self._insert = TABLE.insert()
+        self._insert = _insert_unless_claimed(engine.dialect.name)
         self._by_id = TABLE.select().where(TABLE.c.id == sa.bindparam("rid"))
+        self._token = sa.select(TABLE.c.token).where(TABLE.c.id == sa.bindparam("rid"))
         self._by_target_key = TABLE.select().where(
             TABLE.c.target == sa.bindparam("t"), TABLE.c.idempotency_key == sa.bindparam("k")
         )
@@ -365,20 +367,19 @@ class Ledger:
             "decision": decision,
             "started_at": now,
         }
-        with _db.translate_errors(self.engine.url):
-            try:
-                with self.engine.begin() as conn:
-                    if revision is not None:
-                        now_at = conn.execute(self._revision, {"t": target}).scalar()
-                        if now_at != revision:
-                            raise RoutingMovedError(target, now_at)
-                    conn.execute(self._insert, values)
-                return Claim(values["id"], values["token"], values)
-            except sa.exc.IntegrityError:
-                pass
+        with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
+            if revision is not None:
+                now_at = conn.execute(self._revision, {"t": target}).scalar()
+                if now_at != revision:
+                    raise RoutingMovedError(target, now_at)
+            inserted = conn.execute(self._insert, values).rowcount == 1
+        if inserted:
+            return Claim(values["id"], values["token"], values)
         existing = self._row(target=target, key=key)
-        if existing is None:  # pragma: no cover - a unique violation means the row exists
+        if existing is None:  # pragma: no cover - a conflict means the row exists
             raise RuntimeError(f"claim on {target}/{key} conflicted but no row was found")
+        if existing["id"] == values["id"]:  # pragma: no cover - no INSERT rowcount reported
+            return Claim(values["id"], values["token"], values)  # (SQLAlchemy before 2.0.28)
         if existing["fingerprint"] != fingerprint:
             differs = _differences(existing, plugin_ref, artifact, context)
             raise KeyMismatchError(target, key, existing["id"], differs)
@@ -483,7 +484,12 @@ class Ledger:
         self._heart.stop()
 
     def heartbeat(self, claims: list[Claim]) -> list[Claim]:
-        """Extend the leases of active claims; return those whose lease was lost."""
+        """Extend the leases of active claims; return those whose lease was lost.
+
+        A claim that is no longer active under its own token was moved on by its holder (the
+        release finished, or went ``unknown``) since the caller listed it: it is not renewed,
+        and not lost either. Lost means another runner's token replaced this claim's.
+        """
         lost = []
         expires = self.clock() + self.lease
         with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
@@ -494,7 +500,10 @@ class Ledger:
                     .where(TABLE.c.status.in_([Status.CLAIMED.value, Status.RUNNING.value]))
                     .values(lease_expires_at=expires)
                 )
-                if conn.execute(statement).rowcount != 1:
+                if conn.execute(statement).rowcount == 1:
+                    continue
+                token = conn.execute(self._token, {"rid": claim.id}).scalar()
+                if token != claim.token:
                     lost.append(claim)
         return lost
 
@@ -636,15 +645,25 @@ class _Heartbeat:
     def _run(self) -> None:
         interval = self._ledger.lease.total_seconds() / 3
         while not self._stop.wait(interval):
-            with self._lock:
-                claims = list(self._claims.values())
-            if not claims:
-                continue
-            try:
-                for lost in self._ledger.heartbeat(claims):
-                    log.warning("release %s: lease lost to another runner", lost.id)
-            except Exception:  # the next beat tries again; meanwhile the lease may lapse
-                log.exception("heartbeat failed")
+            self.beat()
+
+    def beat(self) -> None:
+        """Renew every claim held now; warn about those lost to another runner."""
+        with self._lock:
+            claims = list(self._claims.values())
+        if not claims:
+            return
+        try:
+            lost = self._ledger.heartbeat(claims)
+        except Exception:  # the next beat tries again; meanwhile the lease may lapse
+            log.exception("heartbeat failed")
+            return
+        with self._lock:
+            # A claim let go since the copy was finished by its holder; whatever became of
+            # its row after that (an unknown release asked again) is no loss of this process.
+            lost = [claim for claim in lost if self._claims.get(claim.id) is claim]
+        for claim in lost:
+            log.warning("release %s: lease lost to another runner", claim.id)
 
 
 DIMENSIONS = ("version", "plugin", "target", "customer", "plan", "project", "channel")
@@ -700,6 +719,26 @@ def _filtered(
     if customer is not None:
         query = query.where(TABLE.c.context["customer"].as_string() == customer)
     return query
+
+
+def _insert_unless_claimed(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (target, idempotency_key) DO NOTHING`` for ``dialect``.
+
+    A repeated key inserts nothing (rowcount 0) instead of failing on the unique constraint:
+    on PostgreSQL a failed insert logs an error, rolls back and leaves a dead tuple, and a
+    replay storm repeats every key.
+    """
+    insert: Any
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":  # ON CONFLICT since SQLite 3.24
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - turnout's registry is SQLite or PostgreSQL
+        raise ValueError(f"unsupported registry database {dialect!r}")
+    conflict = [TABLE.c.target, TABLE.c.idempotency_key]
+    statement = insert(TABLE).on_conflict_do_nothing(index_elements=conflict)
+    # SQLAlchemy reports an INSERT's rowcount only when asked to keep it (2.0.28+).
+    return statement.execution_options(preserve_rowcount=True)
 
 
 def _same_token(token: str | None) -> Any:
