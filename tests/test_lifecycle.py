@@ -125,22 +125,26 @@ def test_lifecycle_transitions_cover_every_status() -> None:
 def test_lifecycle_terminal_states_have_no_exits_and_the_others_do() -> None:
     assert {status for status in Status if status.terminal} == TERMINAL
     for status in Status:
-        assert (TRANSITIONS[status] == frozenset()) is status.terminal
+        if status is not Status.FAILED:
+            assert (TRANSITIONS[status] == frozenset()) is status.terminal
+    # The one way out of an ended release: a transient failure resumed under the same key.
+    assert TRANSITIONS[Status.FAILED] == {Status.RUNNING}
     assert {status for status in Status if status.active} == {Status.CLAIMED, Status.RUNNING}
 
 
 def test_lifecycle_sources_of_inverts_the_table() -> None:
     for target in Status:
         assert sources_of(target) == {s for s, ts in TRANSITIONS.items() if target in ts}
-    assert sources_of(Status.RUNNING) == {Status.CLAIMED, Status.RUNNING}
+    assert sources_of(Status.RUNNING) == {Status.CLAIMED, Status.RUNNING, Status.FAILED}
     assert sources_of(Status.UNKNOWN) == {Status.CLAIMED}
 
 
 def test_lifecycle_every_status_is_reachable_from_running() -> None:
     # A new release is inserted RUNNING: every state must be reachable from there.
     assert REACHABLE[Status.RUNNING] == set(Status)
-    for status in TERMINAL:
+    for status in TERMINAL - {Status.FAILED}:
         assert REACHABLE[status] == frozenset()
+    assert REACHABLE[Status.FAILED] == set(Status)  # resumed, it runs again
     # An unknown release is settled by a verdict, or taken over and tried again.
     assert TRANSITIONS[Status.UNKNOWN] == {Status.CLAIMED, Status.RECONCILED, Status.FAILED}
 
@@ -416,6 +420,8 @@ class KeyModel:
     token: str
     lease_until: datetime
     attempts: int = 1
+    retryable: bool = False
+    """It ended FAILED by a transient error: asking again resumes it."""
     deployed: bool = False
     calls: int = 0
     effective: int = 0
@@ -432,7 +438,9 @@ class Runner:
     result: str | None = None  # "ok" | "error" | "hang" once it called
 
 
-OUTCOMES = st.sampled_from(["ok", "error", "hang"])
+OUTCOMES = st.sampled_from(["ok", "error", "transient", "hang"])
+"""What a runner's call gives: deployed, a permanent error, a transient one (never deployed,
+by the contract; recorded FAILED and retryable, so the key resumes), a timeout."""
 MAX_ATTEMPTS = 2
 
 
@@ -460,7 +468,7 @@ STEPS = st.sampled_from([1.0, LEASE / 3, LEASE - 1, LEASE, LEASE + 1, 10 * LEASE
 
 def _deploys(outcome: str, flag: bool) -> bool:
     """Whether a call with ``outcome`` deployed: always when "ok", never on an error."""
-    return outcome == "ok" or (outcome != "error" and flag)
+    return outcome == "ok" or (outcome not in ("error", "transient") and flag)
 
 
 class FakePlugin:
@@ -564,10 +572,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         if not condition:
             self.violations.append(message)
 
-    def plugin_call(self, key: str, *, deploys: bool) -> None:
+    def plugin_call(self, key: str, *, deploys: bool, transient: bool = False) -> None:
+        """Count a call; a call of a plugin not idempotent by key counts as a deploy, except
+        one that raised a transient error: by the contract, that did nothing."""
         model = self.keys[key]
         model.calls += 1
-        if not self.plugin_idempotent or (deploys and not model.deployed):
+        if (not self.plugin_idempotent and not transient) or (deploys and not model.deployed):
             model.effective += 1
         model.deployed = model.deployed or deploys
 
@@ -599,9 +609,25 @@ class LifecycleMachine(RuleBasedStateMachine):
         if isinstance(got, ReleaseRecord):
             assert model is not None
             assert model.status.terminal
+            assert not model.retryable, f"{key} failed transiently but was not resumed"
             assert got.reused
             assert got.id == model.id
             assert got.status is model.status
+            return
+        if got.resumed:
+            assert model is not None
+            assert model.status is Status.FAILED
+            assert model.retryable, f"{key} was resumed though it did not fail transiently"
+            assert got.previous is Status.FAILED
+            assert got.id == model.id
+            assert got.token != model.token
+            model.status, model.token, model.lease_until = (
+                Status.RUNNING,
+                got.token,
+                self.lease_end(),
+            )
+            model.retryable = False
+            self.runners[next(self._ids)] = Runner(key, got, self.lease_end(), may_call=True)
             return
         if not got.takeover:
             assert model is None, f"{key} was claimed anew though it has a release"
@@ -673,6 +699,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert plugin.calls == MAX_ATTEMPTS
         model.status = record.status
         model.attempts = record.attempts
+        model.retryable = record.status is Status.FAILED and bool(record.retryable)
 
     @rule(key=KEYS)
     def submit_another_request(self, key: str) -> None:
@@ -697,7 +724,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         index = data.draw(st.sampled_from(self.holders(where=lambda r: r.may_call)))
         runner = self.runners[index]
         assert not runner.claim.takeover  # takeovers call inside _Attempts.reconcile only
-        self.plugin_call(runner.key, deploys=_deploys(outcome, deploys_on_hang))
+        if runner.claim.resumed and not self._fenced_attempt(index):
+            return
+        deploys = _deploys(outcome, deploys_on_hang)
+        self.plugin_call(runner.key, deploys=deploys, transient=outcome == "transient")
         runner.may_call, runner.result = False, outcome
 
     @precondition(
@@ -710,6 +740,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         """After a timeout, the runtime retries with the same key: a fenced move first."""
         index = data.draw(st.sampled_from(self.holders(where=lambda r: r.result == "hang")))
         runner = self.runners[index]
+        if not self._fenced_attempt(index):
+            return
+        self.plugin_call(runner.key, deploys=_deploys(outcome, deploys_on_hang))
+        runner.result = outcome
+
+    def _fenced_attempt(self, index: int) -> bool:
+        """A later attempt (a retry, or the first of a resumption) moves the row first, fenced
+        by the token, as ``_Attempts.run`` does; a runner fenced off is dropped."""
+        runner = self.runners[index]
         model = self.keys[runner.key]
         valid = model.token == runner.claim.token and model.status in sources_of(Status.RUNNING)
         try:
@@ -717,7 +756,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         except LeaseLostError:
             assert not valid, "a valid holder could not retry"
             del self.runners[index]
-            return
+            return False
         assert valid, "a fenced-off runner moved its release"
         model.status, model.attempts, model.lease_until = (
             Status.RUNNING,
@@ -725,8 +764,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.lease_end(),
         )
         runner.lease_until = self.lease_end()
-        self.plugin_call(runner.key, deploys=_deploys(outcome, deploys_on_hang))
-        runner.result = outcome
+        return True
 
     @precondition(lambda self: any(r.result for r in self.runners.values()))
     @rule(data=st.data())
@@ -735,11 +773,16 @@ class LifecycleMachine(RuleBasedStateMachine):
         index = data.draw(st.sampled_from(self.holders(where=lambda r: r.result is not None)))
         runner = self.runners.pop(index)
         model = self.keys[runner.key]
-        to = {"ok": Status.SUCCEEDED, "error": Status.FAILED, "hang": Status.TIMED_OUT}[
-            runner.result or ""
-        ]
+        to = {
+            "ok": Status.SUCCEEDED,
+            "error": Status.FAILED,
+            "transient": Status.FAILED,
+            "hang": Status.TIMED_OUT,
+        }[runner.result or ""]
         valid = model.token == runner.claim.token and model.status in sources_of(to)
         values: dict[str, Any] = {"error": None if to is Status.SUCCEEDED else "it failed"}
+        if to is Status.FAILED:
+            values["retryable"] = runner.result == "transient"
         if to is Status.SUCCEEDED:
             values["result"] = {"deployed": runner.key}
         try:
@@ -750,6 +793,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert valid, f"{runner.key}: a fenced-off runner recorded {to}"
         assert record.status is to
         model.status = to
+        model.retryable = runner.result == "transient"
 
     @precondition(lambda self: self.runners)
     @rule(data=st.data())

@@ -138,11 +138,95 @@ def test_release_transient_error_gives_up_after_max_attempts(tt: Turnout, calls_
     assert record.retryable is True
     assert record.error_type == "ConnectionError"
     assert len(read_calls(calls_file)) == 4
-    # Asking again answers with the recorded outcome and the same exit code; nothing runs.
+
+
+def test_release_asked_again_after_a_transient_failure_resumes_it(
+    tt: Turnout, calls_file: Path
+) -> None:
+    # Exit 75 says "retry later with the same key": asking again runs more attempts of the
+    # same release, numbered on, with the same key, and records where they end.
+    echo_target(tt, calls_file, fail_with="connection", fail_times=3)
+    tt.set_target("site", "echo@1.0.0", max_attempts=2, reason="test")
+    with pytest.raises(TransientReleaseError) as first:
+        tt.release("site", "a.tgz", key="down-1")
+    assert first.value.release.attempts == 2
+    record = tt.release("site", "a.tgz", key="down-1")
+    assert record.id == first.value.release.id
+    assert not record.reused
+    assert record.status is Status.SUCCEEDED
+    assert record.attempts == 4
+    assert (record.error, record.error_type, record.retryable) == (None, None, None)
+    assert [entry["outcome"] for entry in record.attempt_log or []] == [
+        "error",
+        "error",
+        "error",
+        "succeeded",
+    ]
+    calls = read_calls(calls_file)
+    assert [(call["key"], call["attempt"]) for call in calls] == [
+        ("down-1", 1),
+        ("down-1", 2),
+        ("down-1", 3),
+        ("down-1", 4),
+    ]
+    # Deployed now: asking again answers with the record and runs nothing.
+    assert tt.release("site", "a.tgz", key="down-1").reused
+    assert len(read_calls(calls_file)) == 4
+
+
+def test_release_a_permanent_or_timed_out_failure_is_not_resumed(
+    tt: Turnout, calls_file: Path
+) -> None:
+    echo_target(tt, calls_file, fail_with="permanent")
+    with pytest.raises(ReleaseFailedError):
+        tt.release("site", "a.tgz", key="bad-1")
+    with pytest.raises(ReleaseFailedError) as again:
+        tt.release("site", "a.tgz", key="bad-1")
+    assert again.value.release.reused
+    assert len(read_calls(calls_file)) == 1
+
+
+def test_release_a_replayed_failure_is_not_resumed(tt: Turnout, calls_file: Path) -> None:
+    # The replay runs it again under a key of its own; resuming the original too would
+    # deploy the same release twice.
+    echo_target(tt, calls_file, fail_with="connection")
+    tt.set_target("site", "echo@1.0.0", max_attempts=1, reason="test")
+    with pytest.raises(TransientReleaseError) as first:
+        tt.release("site", "a.tgz", key="down-1")
+    [replay] = tt.replay([first.value.release])
+    assert replay.record is not None
+    assert replay.record.replay_of == first.value.release.id
     with pytest.raises(TransientReleaseError) as again:
         tt.release("site", "a.tgz", key="down-1")
     assert again.value.release.reused
-    assert len(read_calls(calls_file)) == 4
+    assert again.value.release.id == first.value.release.id
+    assert [call["key"] for call in read_calls(calls_file)] == ["down-1", replay.key]
+
+
+def test_release_a_resumed_failure_is_not_replayed_while_it_runs(
+    tt: Turnout, calls_file: Path
+) -> None:
+    echo_target(tt, calls_file, fail_with="connection")
+    tt.set_target("site", "echo@1.0.0", max_attempts=1, reason="test")
+    with pytest.raises(TransientReleaseError) as first:
+        tt.release("site", "a.tgz", key="down-1")
+    original = first.value.release
+    # Its job runner asks again, and is still running when an operator replays the window.
+    outcome = tt.ledger.claim(
+        target="site",
+        key="down-1",
+        fingerprint=original.fingerprint,
+        plugin_ref=turnout.PluginRef.parse(original.plugin_ref),
+        artifact="a.tgz",
+        context={},
+    )
+    assert not isinstance(outcome, turnout.ReleaseRecord)
+    assert outcome.resumed
+    [replay] = tt.replay([original])
+    assert isinstance(replay.error, turnout.ReleaseInProgressError)
+    assert replay.error.release_id == original.id
+    assert tt.ledger.find("site", replay.key or "") is None  # nothing was claimed
+    assert len(read_calls(calls_file)) == 1
 
 
 def test_release_permanent_error_is_tried_once(

@@ -279,7 +279,9 @@ def test_secret_stays_out_of_errors_records_logs_spans_metrics_and_the_database(
             ("echo-broken", ReleaseFailedError),
             ("leaky-down", TransientReleaseError),
         ):
-            for _ in range(2):  # the second answers with the recorded outcome; nothing runs
+            # The second call answers with the recorded permanent failure (nothing runs), or
+            # resumes a transient one (three more attempts, failing again).
+            for _ in range(2):
                 with pytest.raises(error) as raised:
                     tt.release(name, "app.tgz", key=f"s3-{name}")
                 failed.setdefault(name, raised.value)
@@ -325,7 +327,9 @@ def test_secret_stays_out_of_errors_records_logs_spans_metrics_and_the_database(
         "nested": {"list": [REDACTED, f"before {REDACTED} after"]},
         REDACTED: "the token as a key",
     }
-    assert len(sleeps.waits) == 5 * 2  # 5 releases failed transiently, each waited twice
+    # Seven runs of three attempts met transient errors, each waited twice: echo-down and
+    # leaky-down twice each (asked again, resumed), leaky-flaky, and the two replays of those.
+    assert len(sleeps.waits) == 7 * 2
 
     for where, texts in places.items():
         canary.assert_absent(where, "\n".join(texts))

@@ -23,15 +23,15 @@ Outcomes map onto Celery like this:
 
 - deployed (or released before under the same key): the task succeeds and returns the release
   record as ``turnout release --json`` prints it;
-- not decided yet — the key is held by a live runner elsewhere, the registry cannot be reached,
-  the routing moved under every try, another runner took the release over: the task is retried
-  with exponential backoff (:func:`turnout.retries.task_countdown`), up to ``max_retries``;
-- decided and recorded — failed permanently, failed transiently after the target's own retries
-  (turnout has already retried it with backoff under the same key; asking again would only
-  return the record: ``turnout replay`` runs it again once the cause is fixed), ``unknown``
-  (a human or the plugin's probe must say; ``turnout reconcile``), or refused (unknown target,
-  plugin version not installed, config rejected, key reused for another request): the task
-  fails and is not retried.
+- not decided yet — failed transiently after the target's own attempts (the next try resumes
+  the same release with the same key and a fresh attempt budget), the key is held by a live
+  runner elsewhere, the registry cannot be reached, the routing moved under every try, another
+  runner took the release over: the task is retried with exponential backoff
+  (:func:`turnout.retries.task_countdown`), up to ``max_retries``;
+- decided — failed permanently, timed out (its last call was cut off and may have deployed),
+  ``unknown`` (a human or the plugin's probe must say; ``turnout reconcile``), replayed, or
+  refused (unknown target, plugin version not installed, config rejected, key reused for
+  another request): the task fails and is not retried.
 
 Messages are acknowledged late and rejected back to the queue when the worker process dies
 mid-task, so a killed worker's releases run again elsewhere; the registry's claim, lease and
@@ -55,7 +55,14 @@ from typing import Any, cast
 from celery import Celery, Task, current_app, signals
 
 from turnout import runtime, telemetry
-from turnout.errors import EXIT_TEMPFAIL, ReleaseFailedError, TurnoutError
+from turnout.errors import (
+    EXIT_TEMPFAIL,
+    ReleaseFailedError,
+    ReleaseUnknownError,
+    TransientReleaseError,
+    TurnoutError,
+)
+from turnout.releases import Status
 from turnout.retries import task_countdown
 
 __all__ = ["TASK_NAME", "app", "decided", "register"]
@@ -69,10 +76,15 @@ DEFAULT_MAX_RETRIES = 20
 def decided(exc: TurnoutError) -> bool:
     """Whether asking again about the release that raised ``exc`` would give the same answer.
 
-    A recorded outcome (any :class:`~turnout.errors.ReleaseFailedError`) and a refusal (exit
-    code other than 75) are decided; the other temporary failures (in progress elsewhere,
-    registry unavailable, routing moved, lease lost) are not, and are worth a retry later.
+    Not decided, so worth a retry later: a transient failure this call recorded (asking again
+    with the same key resumes it), and the other temporary failures (in progress elsewhere,
+    registry unavailable, routing moved, lease lost). Decided: every other recorded outcome
+    (permanent failure, timed out, ``unknown``, a failure found recorded and not resumed)
+    and every refusal.
     """
+    if isinstance(exc, TransientReleaseError) and not isinstance(exc, ReleaseUnknownError):
+        record = exc.release
+        return record.reused or record.status is not Status.FAILED
     return isinstance(exc, ReleaseFailedError) or exc.exit_code != EXIT_TEMPFAIL
 
 

@@ -1343,7 +1343,8 @@ def release_command(
     """Release ARTIFACT (a path or URL) to TARGET with the plugin version its row names.
 
     Transient errors are retried with the same key; a second call with the same key and the
-    same request prints the recorded outcome and runs nothing.
+    same request prints the recorded outcome and runs nothing, except after a transient
+    failure (exit 75), which it resumes: more attempts, same key.
     """
     from turnout.errors import ReleaseFailedError
 

@@ -82,16 +82,37 @@ class Status(StrEnum):
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.RECONCILED})
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
+    **{status: frozenset() for status in TERMINAL},
     Status.CLAIMED: frozenset({Status.RUNNING, Status.RECONCILED, Status.UNKNOWN, Status.CLAIMED}),
     Status.RUNNING: frozenset(
         {Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CLAIMED}
     ),
     Status.UNKNOWN: frozenset({Status.CLAIMED, Status.RECONCILED, Status.FAILED}),
-    **{status: frozenset() for status in TERMINAL},
+    Status.FAILED: frozenset({Status.RUNNING}),
 }
 """Every legal move of a release, the only place they are defined. A new release is inserted
 as RUNNING (its claim starts its first attempt). CLAIMED -> CLAIMED and RUNNING -> CLAIMED are
-takeovers of an expired lease; UNKNOWN -> RECONCILED/FAILED is a human's verdict."""
+takeovers of an expired lease; UNKNOWN -> RECONCILED/FAILED is a human's verdict. FAILED ->
+RUNNING is a resumption: the same request asked again after a transient failure (see
+:func:`resumable`)."""
+
+REPLAYED = "replayed"
+"""The fencing token a replay leaves on its original: a replayed release is never resumed."""
+
+
+def resumable(row: Mapping[Any, Any]) -> bool:
+    """Whether asking again with the same key runs more attempts of this ended release.
+
+    True for a release that failed transiently (its last error was retryable) and that no
+    replay has superseded. By the releaser contract a transient error means "not done, try
+    again with the same key"; a job runner asking again later is that retry, with a fresh
+    attempt budget. Anything else answers with its record: a success, a permanent failure, a
+    replayed release, and a timed-out one (its last call was cut off at the deadline and may
+    have deployed: ``turnout replay`` decides it, with the version in force).
+    """
+    return (
+        row["status"] == Status.FAILED.value and bool(row["retryable"]) and row["token"] != REPLAYED
+    )
 
 
 def sources_of(target: Status) -> frozenset[Status]:
@@ -279,7 +300,13 @@ class Claim:
     takeover: bool = False
     """True when the release was claimed before by a runner whose lease expired."""
     previous: Status | None = None
-    """The status it had before a takeover: running, claimed or unknown."""
+    """The status it had before a takeover (running, claimed or unknown) or a resumption
+    (failed, with ``takeover`` false)."""
+
+    @property
+    def resumed(self) -> bool:
+        """True when this claim resumes a release that ended with a transient failure."""
+        return not self.takeover and self.previous is not None
 
     @property
     def attempts(self) -> int:
@@ -373,6 +400,8 @@ class Ledger:
                 if now_at != revision:
                     raise RoutingMovedError(target, now_at)
             inserted = conn.execute(self._insert, values).rowcount == 1
+            if inserted and replay_of is not None:
+                self._supersede(conn, replay_of, target, key)  # refused: nothing is written
         if inserted:
             return Claim(values["id"], values["token"], values)
         existing = self._row(target=target, key=key)
@@ -385,9 +414,30 @@ class Ledger:
             raise KeyMismatchError(target, key, existing["id"], differs)
         return self._take_over(existing, now)
 
+    @staticmethod
+    def _supersede(conn: sa.Connection, original: str, target: str, key: str) -> None:
+        """Fence a replay's original so that it is never resumed, in the replay's transaction.
+
+        Refused while the original is held (its runner is resuming or reconciling it): the two
+        would deploy the same release twice.
+        """
+        statement = (
+            TABLE.update()
+            .where(
+                TABLE.c.id == original,
+                TABLE.c.status.not_in([Status.CLAIMED.value, Status.RUNNING.value]),
+            )
+            .values(token=REPLAYED)
+        )
+        if conn.execute(statement).rowcount != 1:
+            held = sa.select(TABLE.c.idempotency_key).where(TABLE.c.id == original)
+            raise ReleaseInProgressError(target, conn.execute(held).scalar() or key, original)
+
     def _take_over(self, row: RowMapping, now: datetime) -> Claim | ReleaseRecord:
         status = Status(row["status"])
         if status.terminal:
+            if resumable(row):
+                return self._resume(row, status, now)
             return ReleaseRecord.from_row(row, reused=True)
         expires = _aware(row["lease_expires_at"])
         if status.active and expires is not None and expires > now:
@@ -409,6 +459,38 @@ class Ledger:
         if not taken:  # another caller took it over first
             raise ReleaseInProgressError(row["target"], row["idempotency_key"], row["id"])
         return Claim(row["id"], token, {**row, **changes}, takeover=True, previous=status)
+
+    def _resume(self, row: RowMapping, status: Status, now: datetime) -> Claim | ReleaseRecord:
+        """Claim an ended, transiently failed release again to run more attempts.
+
+        Fenced like a takeover: the row moves only if it still has the status and token read,
+        so of two callers asking at once one resumes, and a replay that superseded the release
+        in between (it sets the token to :data:`REPLAYED`) stops the resumption.
+        """
+        token = secrets.token_hex(8)
+        changes = {
+            "status": Status.RUNNING.value,
+            "token": token,
+            "lease_expires_at": now + self.lease,
+            "finished_at": None,
+            "error": None,
+            "error_type": None,
+            "retryable": None,
+        }
+        statement = (
+            TABLE.update()
+            .where(TABLE.c.id == row["id"], TABLE.c.status == status.value)
+            .where(_same_token(row["token"]))
+            .values(changes)
+        )
+        with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
+            resumed = conn.execute(statement).rowcount == 1
+        if resumed:
+            return Claim(row["id"], token, {**row, **changes}, previous=status)
+        now_row = self._row(release_id=row["id"])
+        if now_row is not None and Status(now_row["status"]).terminal:
+            return ReleaseRecord.from_row(now_row, reused=True)  # replayed meanwhile
+        raise ReleaseInProgressError(row["target"], row["idempotency_key"], row["id"])
 
     def move(self, claim: Claim, to: Status, **values: Any) -> ReleaseRecord:
         """Move a claimed release to ``to`` with ``values``, fenced by the claim's token.

@@ -277,7 +277,18 @@ class Turnout:
             return outcome.raise_for_status()
         run = _Attempts(self, outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
         with self.ledger.hold(outcome):
-            record = run.reconcile() if outcome.takeover else run.run()
+            if outcome.takeover:
+                record = run.reconcile()
+            elif outcome.resumed:  # failed transiently before: more attempts, same key
+                log.info(
+                    "release %s: asked again after a transient failure; resuming at attempt %d",
+                    outcome.id,
+                    outcome.attempts + 1,
+                    extra=_fields(outcome.id, spec.name, ref),
+                )
+                record = run.run(first_attempt=outcome.attempts + 1)
+            else:
+                record = run.run()
         return record.raise_for_status()
 
     def _router(self, name: str) -> Router:
