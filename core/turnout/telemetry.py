@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -51,8 +48,6 @@ OUTCOME = "turnout.outcome"
 ERROR_TYPE = "error.type"
 CONTEXT_ATTRIBUTES = ("customer", "plan", "project", "channel")
 """Context attributes a release span carries, as ``turnout.<name>``."""
-METRIC_LABELS = (TARGET, PLUGIN_ID, PLUGIN_VERSION, OUTCOME)
-"""What the two metrics are labelled by (never the customer)."""
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -72,7 +67,11 @@ class Telemetry:
     ) -> None:
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
-        self.releases = _tally(meter, meter_provider)
+        self.releases = meter.create_counter(
+            RELEASES_METRIC,
+            unit="{release}",
+            description="Releases this process ran, by target, plugin, version and outcome.",
+        )
         self.duration = meter.create_histogram(
             DURATION_METRIC,
             unit="s",
@@ -109,77 +108,16 @@ class Telemetry:
     def count(self, record: ReleaseRecord) -> None:
         """Record a release this process ran in the metrics (never labelled by customer)."""
         plugin_id, _, version = record.plugin_ref.rpartition("@")
-        labels = self.releases.add((record.target, plugin_id, version, record.status.value))
+        labels = {
+            TARGET: record.target,
+            PLUGIN_ID: plugin_id,
+            PLUGIN_VERSION: version,
+            OUTCOME: record.status.value,
+        }
+        self.releases.add(1, labels)
         duration = record.duration
         if duration is not None:
             self.duration.record(duration, labels)
-
-
-class Tally:
-    """The ``turnout.releases`` counter: counted in-process, reported when a reader collects.
-
-    An asynchronous counter fed by this tally reports the same cumulative sums a synchronous
-    counter would, and a release pays for a dictionary update instead of the SDK's
-    per-measurement work (attribute validation, hashing, aggregation under a lock), about as
-    much as a span's.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, ...], list[Any]] = {}
-
-    def add(self, key: tuple[str, str, str, str]) -> dict[str, str]:
-        """Count one release of ``key`` (target, plugin id, version, outcome); return its
-        labels (the same dictionary every time: whoever is handed it must not change it)."""
-        with self._lock:
-            entry = self._counts.get(key)
-            if entry is None:
-                entry = self._counts[key] = [0, dict(zip(METRIC_LABELS, key, strict=True))]
-            entry[0] += 1
-        labels: dict[str, str] = entry[1]
-        return labels
-
-    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        """The counts so far, one observation per set of labels (the counter's callback)."""
-        with self._lock:
-            counts = [(count, dict(labels)) for count, labels in self._counts.values()]
-        return [Observation(count, labels) for count, labels in counts]
-
-
-_tallies: weakref.WeakKeyDictionary[Meter, Tally] = weakref.WeakKeyDictionary()
-_global_tally: list[Tally] = []
-_tallies_lock = threading.Lock()
-
-
-def _tally(meter: Meter, provider: metrics.MeterProvider | None) -> Tally:
-    """The tally of ``meter``'s ``turnout.releases`` counter, made (and the counter with it)
-    on the first call for that meter.
-
-    Every handle on a meter must share one tally: a second asynchronous counter of the same
-    name on the same meter is the first one, with the first one's callback. The SDK hands out
-    one meter per provider; the global provider is shared by key, since before it is set each
-    handle gets a proxy meter of its own, whose counter becomes the real meter's when it is.
-    (One case stays out of reach: a handle made on the global provider before it was set, and
-    another handed the very provider that is then set as the global one; the first one's
-    releases go uncounted, as the SDK keeps the second one's counter.)
-    """
-    on_global = provider is None or provider is metrics.get_meter_provider()
-    with _tallies_lock:
-        tally = _tallies.get(meter)
-        if tally is None and on_global and _global_tally:
-            tally = _global_tally[0]
-        if tally is None:
-            tally = Tally()
-            meter.create_observable_counter(
-                RELEASES_METRIC,
-                callbacks=[tally.observe],
-                unit="{release}",
-                description="Releases this process ran, by target, plugin, version and outcome.",
-            )
-        _tallies[meter] = tally
-        if on_global and not _global_tally:
-            _global_tally.append(tally)
-    return tally
 
 
 class Current:
