@@ -163,6 +163,33 @@ def test_succeeded_release_makes_one_release_span_with_one_attempt_child(
     assert "turnout.customer" not in every_key
 
 
+def test_handles_on_one_meter_provider_count_into_one_sum(
+    db_path: Path, exported: Exported, calls_file: Path
+) -> None:
+    # Two handles on one provider (one process serving several registries, say) add into
+    # the same instruments: one sum, not one per handle.
+    meter_provider = MeterProvider(metric_readers=[exported.reader])
+    handles = [
+        Turnout(str(db_path), sleep=lambda _seconds: None, meter_provider=meter_provider)
+        for _ in range(2)
+    ]
+    try:
+        echo_target(handles[0], calls_file)
+        for number, handle in enumerate(handles):
+            handle.release("site", "a.tgz", key=f"shared-{number}")
+        handles[1].release("site", "a.tgz", key="shared-1")  # reused: not counted
+        counted = only(exported.points("turnout.releases"))[1]
+        assert counted.value == 2
+        assert counted.attributes["turnout.outcome"] == "succeeded"
+        assert only(exported.points("turnout.release.duration"))[1].count == 2
+        # Collecting again reports the same cumulative sum, not a second one on top.
+        assert only(exported.points("turnout.releases"))[1].value == 2
+    finally:
+        for handle in handles:
+            handle.close()
+        meter_provider.shutdown()
+
+
 # 2. A transient failure, then success ---------------------------------------------------
 
 
