@@ -48,11 +48,8 @@ nox.options.sessions = ["lint", "typecheck", "tests", "plugin_tests"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
-PLUGINS = sorted(
-    p.name
-    for p in (ROOT / "plugins").iterdir()
-    if (p / "pyproject.toml").exists() and not p.name.startswith("_")
-)
+PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+"""Every plugin folder, ``_template`` (what ``turnout plugin new`` renders) included."""
 LINT_TOOLS = ["ruff>=0.8"]
 TYPE_TOOLS = ["mypy>=1.13", "celery-types>=0.22"]
 BENCH_TOOLS = ["stevedore>=5"]  # the naive registry that P10 compares against

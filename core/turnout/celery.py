@@ -42,7 +42,7 @@ Settings for the ready-made :data:`app` (a Celery app of your own takes :func:`r
 ``TURNOUT_CELERY_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``),
 ``TURNOUT_CELERY_RESULT_BACKEND`` (default none), ``TURNOUT_CELERY_QUEUE`` (default ``turnout``),
 ``TURNOUT_CELERY_VISIBILITY_TIMEOUT`` (seconds before Redis hands an unacknowledged message to
-another worker; default 3600) and ``TURNOUT_CELERY_MAX_RETRIES`` (default 20, about 15 minutes of
+another worker; default 3600) and ``TURNOUT_CELERY_MAX_RETRIES`` (default 20, about 11 minutes of
 backoff). The registry is ``TURNOUT_DATABASE_URL``, as for the CLI; each pool process sets up
 OpenTelemetry from the standard ``OTEL_*`` variables, as the CLI does (``turnout[otel]``).
 """
