@@ -210,6 +210,23 @@ def test_celery_task_retries_with_backoff_while_the_key_is_held_elsewhere(
     assert read_calls(calls_file) == []  # this task never ran the plugin
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("TURNOUT_CELERY_VISIBILITY_TIMEOUT", "an hour"), ("TURNOUT_CELERY_MAX_RETRIES", "2.5")],
+)
+def test_celery_app_refuses_a_bad_setting_with_the_fix(name: str, value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import turnout.celery"],
+        env={**os.environ, name: value},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"{name} must be" in done.stderr
+    assert repr(value) in done.stderr
+
+
 # A real fleet: Celery workers on Redis, the registry on PostgreSQL --------------------------
 
 UNIQUE = 700

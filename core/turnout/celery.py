@@ -57,6 +57,7 @@ from celery import Celery, Task, current_app, signals
 from turnout import runtime, telemetry
 from turnout.errors import (
     EXIT_TEMPFAIL,
+    ConfigurationError,
     ReleaseFailedError,
     ReleaseUnknownError,
     TransientReleaseError,
@@ -96,7 +97,7 @@ def register(celery_app: Celery, *, max_retries: int | None = None) -> Task:  # 
     ``db`` (else ``TURNOUT_DATABASE_URL``), kept warm across tasks.
     """
     if max_retries is None:
-        max_retries = int(os.environ.get("TURNOUT_CELERY_MAX_RETRIES") or DEFAULT_MAX_RETRIES)
+        max_retries = int(_setting("TURNOUT_CELERY_MAX_RETRIES", DEFAULT_MAX_RETRIES, integer=True))
 
     @celery_app.task(
         name=TASK_NAME,
@@ -125,6 +126,21 @@ def register(celery_app: Celery, *, max_retries: int | None = None) -> Task:  # 
     return release
 
 
+def _setting(name: str, default: float, *, integer: bool = False) -> float:
+    """A positive number from the environment variable ``name``, refused with the fix if not."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    if not value > 0:
+        kind = "a whole number" if integer else "a number of seconds"
+        raise ConfigurationError(f"{name} must be {kind} above 0, not {raw!r}; fix or unset it")
+    return value
+
+
 def _app_from_environment() -> Celery:
     celery_app = Celery(
         "turnout",
@@ -132,7 +148,7 @@ def _app_from_environment() -> Celery:
         backend=os.environ.get("TURNOUT_CELERY_RESULT_BACKEND") or None,
     )
     queue = os.environ.get("TURNOUT_CELERY_QUEUE") or DEFAULT_QUEUE
-    visibility = float(os.environ.get("TURNOUT_CELERY_VISIBILITY_TIMEOUT") or 3600)
+    visibility = _setting("TURNOUT_CELERY_VISIBILITY_TIMEOUT", 3600)
     celery_app.conf.update(
         task_default_queue=queue,
         task_acks_late=True,
