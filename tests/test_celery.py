@@ -210,6 +210,43 @@ def test_celery_task_retries_with_backoff_while_the_key_is_held_elsewhere(
     assert read_calls(calls_file) == []  # this task never ran the plugin
 
 
+def test_celery_reconcile_task_settles_a_release_whose_runner_died(
+    tt: Turnout, registry_url: str, calls_file: Path
+) -> None:
+    echo_target(tt, "site", calls_file)
+    # A runner claimed the key and died before calling the plugin; its lease has run out.
+    with Turnout(registry_url, lease=0.05) as runner:
+        router = runner._router("site")
+        decision = router.resolve({})
+        claim = runner.ledger.claim(
+            target="site",
+            key="k1",
+            fingerprint=fingerprint("site", "a.tgz", decision.plugin_ref, router.spec.config, {}),
+            plugin_ref=decision.plugin_ref,
+            artifact="a.tgz",
+            context={},
+            decision=decision.record(),
+            revision=router.spec.revision,
+        )
+    assert isinstance(claim, Claim)
+    time.sleep(0.1)
+    reconcile = turnout_celery.app.tasks[turnout_celery.RECONCILE_TASK_NAME]
+    try:
+        result = reconcile.apply(kwargs={"db": registry_url})
+    finally:
+        handle = runtime._default.pop(str(runtime._db.database_url(registry_url)), None)
+        if handle is not None:
+            handle.close()
+    assert result.state == "SUCCESS"
+    # The probe found no call, so the plugin was called again with the same key.
+    assert result.result == [
+        {"release": claim.id, "target": "site", "was": "running", "now": "succeeded", "error": None}
+    ]
+    assert [(call["key"], call["attempt"]) for call in read_calls(calls_file)] == [("k1", 2)]
+    beat = turnout_celery.app.conf.beat_schedule["turnout-reconcile"]
+    assert beat == {"task": "turnout.reconcile", "schedule": 60.0}
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("TURNOUT_CELERY_VISIBILITY_TIMEOUT", "an hour"), ("TURNOUT_CELERY_MAX_RETRIES", "2.5")],

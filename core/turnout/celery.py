@@ -42,9 +42,11 @@ Settings for the ready-made :data:`app` (a Celery app of your own takes :func:`r
 ``TURNOUT_CELERY_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``),
 ``TURNOUT_CELERY_RESULT_BACKEND`` (default none), ``TURNOUT_CELERY_QUEUE`` (default ``turnout``),
 ``TURNOUT_CELERY_VISIBILITY_TIMEOUT`` (seconds before Redis hands an unacknowledged message to
-another worker; default 3600) and ``TURNOUT_CELERY_MAX_RETRIES`` (default 20, about 11 minutes of
-backoff). The registry is ``TURNOUT_DATABASE_URL``, as for the CLI; each pool process sets up
-OpenTelemetry from the standard ``OTEL_*`` variables, as the CLI does (``turnout[otel]``).
+another worker; default 3600), ``TURNOUT_CELERY_MAX_RETRIES`` (default 20, about 11 minutes of
+backoff) and ``TURNOUT_CELERY_RECONCILE_EVERY`` (seconds between two ``turnout.reconcile`` tasks
+while ``celery -A turnout.celery beat`` runs; default 60). The registry is
+``TURNOUT_DATABASE_URL``, as for the CLI; each pool process sets up OpenTelemetry from the
+standard ``OTEL_*`` variables, as the CLI does (``turnout[otel]``).
 """
 
 from __future__ import annotations
@@ -66,12 +68,14 @@ from turnout.errors import (
 from turnout.releases import Status
 from turnout.retries import task_countdown
 
-__all__ = ["TASK_NAME", "app", "decided", "register"]
+__all__ = ["RECONCILE_TASK_NAME", "TASK_NAME", "app", "decided", "register"]
 
 TASK_NAME = "turnout.release"
+RECONCILE_TASK_NAME = "turnout.reconcile"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "turnout"
 DEFAULT_MAX_RETRIES = 20
+DEFAULT_RECONCILE_EVERY = 60.0
 
 
 def decided(exc: TurnoutError) -> bool:
@@ -90,11 +94,14 @@ def decided(exc: TurnoutError) -> bool:
 
 
 def register(celery_app: Celery, *, max_retries: int | None = None) -> Task:  # type: ignore[type-arg]
-    """Add the ``turnout.release`` task to ``celery_app`` and return it.
+    """Add the ``turnout.release`` and ``turnout.reconcile`` tasks to ``celery_app``; return
+    the first.
 
-    The task acknowledges late and is rejected back to the queue when its worker process is
-    lost; it releases with the process's default :class:`~turnout.Turnout` handle for
-    ``db`` (else ``TURNOUT_DATABASE_URL``), kept warm across tasks.
+    The release task acknowledges late and is rejected back to the queue when its worker
+    process is lost; it releases with the process's default :class:`~turnout.Turnout` handle
+    for ``db`` (else ``TURNOUT_DATABASE_URL``), kept warm across tasks. The reconcile task is
+    ``turnout reconcile`` for a beat schedule: it takes over every release whose runner died
+    mid-call and every ``unknown`` one, and returns what ``turnout reconcile --json`` prints.
     """
     if max_retries is None:
         max_retries = int(_setting("TURNOUT_CELERY_MAX_RETRIES", DEFAULT_MAX_RETRIES, integer=True))
@@ -122,6 +129,12 @@ def register(celery_app: Celery, *, max_retries: int | None = None) -> Task:  # 
                 raise
             raise self.retry(exc=exc, countdown=task_countdown(self.request.retries)) from exc
         return record.to_dict()
+
+    @celery_app.task(name=RECONCILE_TASK_NAME)
+    def reconcile(target: str | None = None, db: str | None = None) -> list[dict[str, Any]]:
+        """Settle abandoned and ``unknown`` releases; see :meth:`turnout.Turnout.reconcile`."""
+        results = runtime.default_handle(db).reconcile(target=target)
+        return [result.to_dict() for result in results]
 
     return release
 
@@ -171,6 +184,10 @@ def _app_from_environment() -> Celery:
         broker_connection_retry_on_startup=True,
     )
     register(celery_app)
+    every = _setting("TURNOUT_CELERY_RECONCILE_EVERY", DEFAULT_RECONCILE_EVERY)
+    celery_app.conf.beat_schedule = {
+        "turnout-reconcile": {"task": RECONCILE_TASK_NAME, "schedule": every},
+    }
 
     @signals.worker_process_init.connect(weak=False)
     def _telemetry(**_: Any) -> None:

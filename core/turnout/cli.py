@@ -1666,18 +1666,7 @@ def reconcile_command(
     handle.registry.ensure_schema()
     results = handle.reconcile(target=target_name)
     if as_json:
-        _print_json(
-            [
-                {
-                    "release": r.original.id,
-                    "target": r.original.target,
-                    "was": r.original.status.value,
-                    "now": r.record.status.value if r.record else None,
-                    "error": str(r.error) if r.error else None,
-                }
-                for r in results
-            ]
-        )
+        _print_json([r.to_dict() for r in results])
     elif not results:
         _say("nothing to reconcile: no release has an expired lease or is unknown")
     else:

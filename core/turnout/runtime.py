@@ -1029,6 +1029,16 @@ class Reconciliation:
     record: ReleaseRecord | None
     error: TurnoutError | None
 
+    def to_dict(self) -> dict[str, Any]:
+        """What ``turnout reconcile --json`` prints for it."""
+        return {
+            "release": self.original.id,
+            "target": self.original.target,
+            "was": self.original.status.value,
+            "now": self.record.status.value if self.record else None,
+            "error": str(self.error) if self.error else None,
+        }
+
 
 @dataclass(slots=True)
 class Replay:
@@ -1359,12 +1369,18 @@ def release(
     Keeps one :class:`Turnout` per database for the life of the process, so that worker
     processes stay warm and connections pooled across calls.
     """
+    return default_handle(db).release(target, artifact, key=key, context=context)
+
+
+def default_handle(db: str | None = None) -> Turnout:
+    """This process's :class:`Turnout` for ``db`` (else ``TURNOUT_DATABASE_URL``), made on
+    first use and kept, with its warm workers and pooled connections, until the process ends."""
     name = str(_db.database_url(db))
     with _default_lock:
         handle = _default.get(name)
         if handle is None:
             handle = _default[name] = Turnout(db)
-    return handle.release(target, artifact, key=key, context=context)
+    return handle
 
 
 __all__ = [
@@ -1374,5 +1390,6 @@ __all__ = [
     "SyncResult",
     "Turnout",
     "default_actor",
+    "default_handle",
     "release",
 ]
