@@ -319,6 +319,14 @@ def test_refused_releases_are_traced_as_refused(
     assert "TURNOUT_TEST_UNSET" in unset.status.description
     assert exported.spans("turnout.attempt") == []
     assert read_lines(calls_file) == []
+    # Counted as refused (a setup problem to alert on); nothing ran, so no duration.
+    counted = {
+        (point.attributes["turnout.target"], point.attributes["turnout.plugin.id"]): point.value
+        for _, point in exported.points("turnout.releases")
+        if point.attributes["turnout.outcome"] == "refused"
+    }
+    assert counted == {("nowhere", ""): 1, ("site", ""): 1}
+    assert exported.points("turnout.release.duration") == []
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

@@ -204,12 +204,15 @@ class Turnout:
             raise UsageError("artifact must be a non-empty path or URL")
         ctx = validate_context(context)
         record: ReleaseRecord | None = None
+        refused: ConfigurationError | None = None
         try:
             with self.telemetry.release_span(target, key, ctx) as span:
                 try:
                     record = self._release(target, artifact, key, ctx, replay_of)
                 except TurnoutError as exc:
                     record = _record_of(exc)
+                    if record is None and isinstance(exc, ConfigurationError):
+                        refused = exc
                     _observe(span, record, exc)
                     raise
                 _observe(span, record, None)
@@ -219,6 +222,8 @@ class Turnout:
             # for each measurement, which costs more than the measurement itself.
             if record is not None and not record.reused:
                 self.telemetry.count(record)
+            elif refused is not None:  # the setup is wrong here: worth an alert
+                self.telemetry.count_refused(target, getattr(refused, "plugin_ref", ""))
 
     def _release(
         self,

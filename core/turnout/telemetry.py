@@ -119,6 +119,13 @@ class Telemetry:
         if duration is not None:
             self.duration.record(duration, labels)
 
+    def count_refused(self, target: str, plugin_ref: str) -> None:
+        """Count a release refused for a configuration error (outcome ``refused``); the plugin
+        labels are empty when the error names no plugin version (an unknown target, say)."""
+        plugin_id, _, version = plugin_ref.rpartition("@")
+        labels = {TARGET: target, PLUGIN_ID: plugin_id, PLUGIN_VERSION: version, OUTCOME: "refused"}
+        self.releases.add(1, labels)
+
 
 class Current:
     """Make a started span current while inside and end it on the way out, whatever happens
