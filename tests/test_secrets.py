@@ -36,9 +36,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from turnout import ReleaseFailedError, Status, TransientReleaseError, Turnout
+from turnout import ReleaseFailedError, Status, TransientReleaseError, Turnout, _secrets
 from turnout._logging import JsonFormatter, TextFormatter
 from turnout._secrets import REDACTED
+from turnout.errors import SecretNotFoundError
 
 pytestmark = pytest.mark.usefixtures("plugin_site")
 
@@ -515,3 +516,29 @@ def test_cli_stdout_stderr_json_and_logs_hold_no_secret(
     database = dump_database(f"sqlite:///{db_path}")
     assert MARK in database
     canary.assert_absent("the database after the CLI", database)
+
+
+def test_secret_references_resolve_at_any_depth_and_are_redacted(
+    db_path: Path, canary: Canary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A credential in a header or a list (e.g. a webhook's Authorization header) is a
+    # reference too: resolved for the call, stored as written, redacted from the record.
+    config = {"vault": {"token": canary.reference}, "spare": ["plain", canary.reference]}
+    resolved, found = _secrets.resolve(config)
+    assert resolved == {"vault": {"token": canary.value}, "spare": ["plain", canary.value]}
+    assert found == [canary.value, canary.value]
+    with Turnout(str(db_path), sleep=Sleeps()) as tt:
+        tt.set_target("deep", "leaky@0.1.0", config=config, isolation="inline", reason="s3")
+        record = tt.release("deep", "app.tgz", key="s3-deep")
+        stored = tt.registry.get_target("deep").config
+    assert stored == config  # the references, never the values
+    assert record.status is Status.SUCCEEDED
+    assert record.result is not None
+    assert record.result["token"] == REDACTED  # the plugin did get the value, and returned it
+    assert record.output is not None
+    assert MARK in record.output
+    canary.assert_absent("the record", _to_json(record.to_dict()))
+    # An unresolvable nested reference names its path.
+    monkeypatch.delenv("TURNOUT_TEST_UNSET", raising=False)
+    with pytest.raises(SecretNotFoundError, match=r"config 'spare\[1\]\.key'"):
+        _secrets.resolve({"spare": [1, {"key": "env:TURNOUT_TEST_UNSET"}]})

@@ -23,24 +23,30 @@ def is_reference(value: object) -> bool:
 
 
 def resolve(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Resolve every top-level reference in ``config``.
+    """Resolve every reference in ``config``, at any depth (in objects and in lists).
 
     Returns:
         The resolved config and the list of secret values it now holds (for redaction).
 
     Raises:
-        SecretNotFoundError: A referenced variable is unset or a file cannot be read.
+        SecretNotFoundError: A referenced variable is unset or a file cannot be read; the
+            error names the field by its path (``headers.Authorization``, ``tokens[1]``).
     """
-    resolved: dict[str, Any] = {}
     secrets: list[str] = []
-    for field, value in config.items():
-        if is_reference(value):
-            secret = _read(field, value)
-            secrets.append(secret)
-            resolved[field] = secret
-        else:
-            resolved[field] = value
+    resolved = {field: _resolved(value, field, secrets) for field, value in config.items()}
     return resolved, secrets
+
+
+def _resolved(value: Any, path: str, secrets: list[str]) -> Any:
+    if is_reference(value):
+        secret = _read(path, value)
+        secrets.append(secret)
+        return secret
+    if isinstance(value, Mapping):
+        return {key: _resolved(item, f"{path}.{key}", secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolved(item, f"{path}[{n}]", secrets) for n, item in enumerate(value)]
+    return value
 
 
 def _read(field: str, reference: str) -> str:

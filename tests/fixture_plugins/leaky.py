@@ -4,6 +4,8 @@ Config:
     token: the value it leaks: printed to stdout and to stderr on every call, put in the
         message of every error it raises, and returned in its result (as a value, nested in
         a list, inside a longer string, and as a key).
+    vault: an object whose ``token`` is used instead, when given (a secret reference nested in
+        the config).
     fail_times: how many first attempts fail, with a retryable error (default 0).
     sleep: seconds each call takes before anything else (a slow deploy).
 """
@@ -23,6 +25,8 @@ class LeakyError(Exception):
 @hookimpl
 def turnout_release(config, attempt):
     token = config.get("token", "")
+    if isinstance(config.get("vault"), dict):
+        token = config["vault"].get("token", token)
     if config.get("sleep"):
         time.sleep(config["sleep"])
     print(f"leaky: deploying with token={token}", flush=True)

@@ -41,7 +41,7 @@ class _Spec:
 def test_pyproject_declares_releaser_entry_point() -> None:
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
     assert project["name"] == "turnout-webhook"
-    assert project["version"] == "1.0.0"
+    assert project["version"] == "1.1.0"
     assert project["entry-points"]["turnout.releasers"] == {"webhook": "turnout_webhook"}
 
 
@@ -62,7 +62,7 @@ def test_installed_entry_point_loads_this_module() -> None:
     assert entry_point.value == "turnout_webhook"
     assert entry_point.load() is turnout_webhook
     assert entry_point.dist is not None
-    assert entry_point.dist.version == "1.0.0"
+    assert entry_point.dist.version == "1.1.0"
 
 
 def test_plugin_registers_and_answers_through_pluggy(

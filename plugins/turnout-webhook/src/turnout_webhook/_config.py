@@ -108,7 +108,7 @@ def parse_config(config: object, *, resolved: bool = True) -> Settings:
         probe_url = _check_url("probe_url", probe_url, resolved=resolved)
     secret = _check_secret(config.get("secret"), resolved=resolved)
     timeout = _check_timeout(config.get("timeout", DEFAULT_TIMEOUT))
-    headers = _check_headers(config.get("headers", {}))
+    headers = _check_headers(config.get("headers", {}), resolved=resolved)
     return Settings(url=url, secret=secret, timeout=timeout, probe_url=probe_url, headers=headers)
 
 
@@ -188,7 +188,7 @@ def _check_timeout(value: object) -> float:
     return float(value)
 
 
-def _check_headers(value: object) -> dict[str, str]:
+def _check_headers(value: object, *, resolved: bool) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise ValueError(
             "webhook: config 'headers' must be an object of header names to string values, "
@@ -217,12 +217,12 @@ def _check_headers(value: object) -> dict[str, str]:
                 f"webhook: config 'headers' value of {name!r} must be one line, without CR, "
                 "LF or NUL"
             )
-        if is_reference(header):
+        if resolved and is_reference(header):
+            # An older turnout resolved references only at the top level of config.
             raise ValueError(
-                f"webhook: config 'headers' value of {name!r} looks like a secret reference, "
-                "but turnout resolves references only at the top level of config, so it "
-                "would be sent as written; write the header's real value, or rely on the "
-                "signature made with 'secret'"
+                f"webhook: config 'headers' value of {name!r} is a secret reference that "
+                "turnout did not resolve, so it would be sent as written; upgrade turnout to "
+                "a version that resolves references at any depth of config"
             )
         headers[name] = header
     return headers
