@@ -345,6 +345,7 @@ class Ledger:
             TABLE.c.target == sa.bindparam("t"), TABLE.c.idempotency_key == sa.bindparam("k")
         )
         self._revision = sa.select(_TARGETS.c.revision).where(_TARGETS.c.name == sa.bindparam("t"))
+        self._moves: dict[tuple[Status, tuple[str, ...]], sa.Update] = {}
 
     def claim(
         self,
@@ -504,21 +505,40 @@ class Ledger:
         values["status"] = to.value
         if to.active:
             values["lease_expires_at"] = self.clock() + self.lease
-        statement = (
-            TABLE.update()
-            .where(
-                TABLE.c.id == claim.id,
-                TABLE.c.token == claim.token,
-                TABLE.c.status.in_([s.value for s in sources_of(to)]),
-            )
-            .values(values)
-        )
+        statement = self._move_statement(to, tuple(values))
+        params = {f"v_{name}": value for name, value in values.items()}
+        params["w_id"], params["w_token"] = claim.id, claim.token
         with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
-            moved = conn.execute(statement).rowcount == 1
+            moved = conn.execute(statement, params).rowcount == 1
         if not moved:
             raise LeaseLostError(claim.id, to.value)
         claim.values.update(values)
         return ReleaseRecord.from_row(_as_row(claim.values))
+
+    def _move_statement(self, to: Status, names: tuple[str, ...]) -> sa.Update:
+        """The fenced UPDATE of a move to ``to`` setting ``names``, built once per shape.
+
+        Built on every move, the statement cost more Python than the rest of a release's
+        bookkeeping (coercing each clause, then a cache key); the legal sources are rendered as
+        constants, so nothing is expanded per execution either.
+        """
+        shape = (to, names)
+        statement = self._moves.get(shape)
+        if statement is None:
+            sources = sorted(source.value for source in sources_of(to))
+            statement = (
+                TABLE.update()
+                .where(
+                    TABLE.c.id == sa.bindparam("w_id"),
+                    TABLE.c.token == sa.bindparam("w_token"),
+                    TABLE.c.status.in_([sa.literal_column(f"'{value}'") for value in sources]),
+                )
+                .values(
+                    {name: sa.bindparam(f"v_{name}", type_=TABLE.c[name].type) for name in names}
+                )
+            )
+            self._moves[shape] = statement
+        return statement
 
     def settle(self, release_id: str, verdict: Status, *, actor: str, reason: str) -> ReleaseRecord:
         """A human's verdict on an ``unknown`` release: it deployed (reconciled) or it did not.
