@@ -19,7 +19,7 @@ from helpers import (  # noqa: E402
     FIXTURE_PLUGINS,
     POSTGRES_URL_ENV,
     fixture_wheel,
-    fresh_postgres_database,
+    fresh_postgres_registry,
     install_into,
     wheel_from_installed,
 )
@@ -127,12 +127,7 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             f"PostgreSQL case: set {POSTGRES_URL_ENV} (e.g. "
             "postgresql://postgres@127.0.0.1:5432/test) to run it"
         )
-    with fresh_postgres_database(server) as url:
-        registry = Registry(url)
-        try:
-            registry.upgrade()
-        finally:
-            registry.close()
+    with fresh_postgres_registry(server) as url:
         yield url
 
 

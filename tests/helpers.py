@@ -164,6 +164,20 @@ set; each such case gets a database of its own on that server, dropped afterward
 
 
 @contextlib.contextmanager
+def fresh_postgres_registry(server_url: str) -> Iterator[str]:
+    """:func:`fresh_postgres_database`, migrated to the latest revision: an empty registry."""
+    from turnout.registry import Registry
+
+    with fresh_postgres_database(server_url) as url:
+        registry = Registry(url)
+        try:
+            registry.upgrade()
+        finally:
+            registry.close()
+        yield url
+
+
+@contextlib.contextmanager
 def fresh_postgres_database(server_url: str) -> Iterator[str]:
     """Create an empty database on the server of ``server_url``; yield its URL; drop it.
 

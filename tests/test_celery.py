@@ -25,7 +25,7 @@ from typing import Any
 
 import celery
 import pytest
-from helpers import POSTGRES_URL_ENV, fresh_postgres_database, read_calls
+from helpers import POSTGRES_URL_ENV, fresh_postgres_registry, read_calls
 
 import turnout.celery as turnout_celery
 from turnout import Status, Turnout, runtime
@@ -69,6 +69,25 @@ def echo_target(tt: Turnout, name: str, calls: Path, **config: Any) -> None:
     tt.set_target(
         name, "echo@1.0.0", config={"calls": str(calls), **config}, isolation="inline", reason="t"
     )
+
+
+def claim_as_another_runner(handle: Turnout, target: str, key: str) -> Claim:
+    """Claim ``key`` for ``a.tgz`` as a release would, without running it (a runner that is
+    still at work, or that died)."""
+    router = handle._router(target)
+    decision = router.resolve({})
+    claim = handle.ledger.claim(
+        target=target,
+        key=key,
+        fingerprint=fingerprint(target, "a.tgz", decision.plugin_ref, router.spec.config, {}),
+        plugin_ref=decision.plugin_ref,
+        artifact="a.tgz",
+        context={},
+        decision=decision.record(),
+        revision=router.spec.revision,
+    )
+    assert isinstance(claim, Claim)
+    return claim
 
 
 def apply(task: Any, url: str, key: str, target: str = "site") -> Any:
@@ -175,19 +194,7 @@ def test_celery_task_retries_with_backoff_while_the_key_is_held_elsewhere(
 ) -> None:
     echo_target(tt, "site", calls_file)
     # Another runner claims the key and is still running it (a live lease).
-    router = tt._router("site")
-    decision = router.resolve({})
-    claim = tt.ledger.claim(
-        target="site",
-        key="k1",
-        fingerprint=fingerprint("site", "a.tgz", decision.plugin_ref, router.spec.config, {}),
-        plugin_ref=decision.plugin_ref,
-        artifact="a.tgz",
-        context={},
-        decision=decision.record(),
-        revision=router.spec.revision,
-    )
-    assert isinstance(claim, Claim)
+    claim = claim_as_another_runner(tt, "site", "k1")
     waits: list[float] = []
 
     def countdown(retries: int) -> float:
@@ -216,19 +223,7 @@ def test_celery_reconcile_task_settles_a_release_whose_runner_died(
     echo_target(tt, "site", calls_file)
     # A runner claimed the key and died before calling the plugin; its lease has run out.
     with Turnout(registry_url, lease=0.05) as runner:
-        router = runner._router("site")
-        decision = router.resolve({})
-        claim = runner.ledger.claim(
-            target="site",
-            key="k1",
-            fingerprint=fingerprint("site", "a.tgz", decision.plugin_ref, router.spec.config, {}),
-            plugin_ref=decision.plugin_ref,
-            artifact="a.tgz",
-            context={},
-            decision=decision.record(),
-            revision=router.spec.revision,
-        )
-    assert isinstance(claim, Claim)
+        claim = claim_as_another_runner(runner, "site", "k1")
     time.sleep(0.1)
     reconcile = turnout_celery.app.tasks[turnout_celery.RECONCILE_TASK_NAME]
     try:
@@ -288,14 +283,7 @@ def fleet_registry(tmp_path: Path) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the fleet case: needs {POSTGRES_URL_ENV} and Redis")
         pytest.skip(f"needs {POSTGRES_URL_ENV} and Redis on {REDIS_HOST}:{REDIS_PORT}")
-    with fresh_postgres_database(server) as url:
-        from turnout.registry import Registry
-
-        registry = Registry(url)
-        try:
-            registry.upgrade()
-        finally:
-            registry.close()
+    with fresh_postgres_registry(server) as url:
         yield url
 
 

@@ -443,23 +443,28 @@ class Ledger:
         expires = _aware(row["lease_expires_at"])
         if status.active and expires is not None and expires > now:
             raise ReleaseInProgressError(row["target"], row["idempotency_key"], row["id"])
-        token = secrets.token_hex(8)
-        changes = {
+        changes: dict[str, Any] = {
             "status": Status.CLAIMED.value,
-            "token": token,
             "lease_expires_at": now + self.lease,
         }
+        if not self._reclaim(row, changes):  # another caller took it over first
+            raise ReleaseInProgressError(row["target"], row["idempotency_key"], row["id"])
+        return Claim(
+            row["id"], changes["token"], {**row, **changes}, takeover=True, previous=status
+        )
+
+    def _reclaim(self, row: RowMapping, changes: dict[str, Any]) -> bool:
+        """Write ``changes`` and a new token to ``row`` if it still has the status and token it
+        was read with; of two callers racing for one row, one wins."""
+        changes["token"] = secrets.token_hex(8)
         statement = (
             TABLE.update()
-            .where(TABLE.c.id == row["id"], TABLE.c.status == status.value)
+            .where(TABLE.c.id == row["id"], TABLE.c.status == row["status"])
             .where(_same_token(row["token"]))
             .values(changes)
         )
         with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
-            taken = conn.execute(statement).rowcount == 1
-        if not taken:  # another caller took it over first
-            raise ReleaseInProgressError(row["target"], row["idempotency_key"], row["id"])
-        return Claim(row["id"], token, {**row, **changes}, takeover=True, previous=status)
+            return bool(conn.execute(statement).rowcount == 1)
 
     def _resume(self, row: RowMapping, status: Status, now: datetime) -> Claim | ReleaseRecord:
         """Claim an ended, transiently failed release again to run more attempts.
@@ -468,26 +473,16 @@ class Ledger:
         so of two callers asking at once one resumes, and a replay that superseded the release
         in between (it sets the token to :data:`REPLAYED`) stops the resumption.
         """
-        token = secrets.token_hex(8)
-        changes = {
+        changes: dict[str, Any] = {
             "status": Status.RUNNING.value,
-            "token": token,
             "lease_expires_at": now + self.lease,
             "finished_at": None,
             "error": None,
             "error_type": None,
             "retryable": None,
         }
-        statement = (
-            TABLE.update()
-            .where(TABLE.c.id == row["id"], TABLE.c.status == status.value)
-            .where(_same_token(row["token"]))
-            .values(changes)
-        )
-        with _db.translate_errors(self.engine.url), self.engine.begin() as conn:
-            resumed = conn.execute(statement).rowcount == 1
-        if resumed:
-            return Claim(row["id"], token, {**row, **changes}, previous=status)
+        if self._reclaim(row, changes):
+            return Claim(row["id"], changes["token"], {**row, **changes}, previous=status)
         now_row = self._row(release_id=row["id"])
         if now_row is not None and Status(now_row["status"]).terminal:
             return ReleaseRecord.from_row(now_row, reused=True)  # replayed meanwhile
