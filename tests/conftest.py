@@ -119,6 +119,20 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         registry.close()
         yield url
         return
+    with fresh_postgres_registry(_postgres_server()) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_registry_url() -> Iterator[str]:
+    """An empty registry on PostgreSQL only, as ``registry_url``'s ``postgresql`` case, for the
+    checks that only PostgreSQL can make (its statistics, say)."""
+    with fresh_postgres_registry(_postgres_server()) as url:
+        yield url
+
+
+def _postgres_server() -> str:
+    """The server of ``TURNOUT_TEST_POSTGRES_URL``; skip without it, but fail under CI."""
     server = os.environ.get(POSTGRES_URL_ENV)
     if not server and os.environ.get("CI"):
         pytest.fail(f"CI must test PostgreSQL too: {POSTGRES_URL_ENV} is not set (see .ci/run)")
@@ -127,8 +141,7 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             f"PostgreSQL case: set {POSTGRES_URL_ENV} (e.g. "
             "postgresql://postgres@127.0.0.1:5432/test) to run it"
         )
-    with fresh_postgres_registry(server) as url:
-        yield url
+    return server
 
 
 @pytest.fixture

@@ -222,12 +222,12 @@ def _releases_stats(url: str) -> tuple[int, int, int]:
 
 
 def test_ledger_repeated_key_writes_no_row_on_postgresql(
-    registry_url: str, now: list[datetime]
+    postgres_registry_url: str, now: list[datetime]
 ) -> None:
-    """A replayed key is answered without a failed insert: no error, rollback, dead tuple."""
-    if not registry_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL's statistics count the tuples a failed insert leaves")
-    engine = _db.create_engine(_db.database_url(registry_url))
+    """A replayed key is answered without a failed insert: no error, rollback, dead tuple.
+
+    PostgreSQL only: its statistics count the tuples a failed insert leaves."""
+    engine = _db.create_engine(_db.database_url(postgres_registry_url))
     ledger = ledger_on(engine, now)
     try:
         first = claimed(ledger)
@@ -241,4 +241,4 @@ def test_ledger_repeated_key_writes_no_row_on_postgresql(
     finally:
         engine.dispose()
     # One row inserted, once; the one dead tuple is the version the move to succeeded replaced.
-    assert _releases_stats(registry_url) == (1, 1, 1)
+    assert _releases_stats(postgres_registry_url) == (1, 1, 1)
