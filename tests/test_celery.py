@@ -28,7 +28,7 @@ import pytest
 from helpers import POSTGRES_URL_ENV, fresh_postgres_registry, read_calls
 
 import turnout.celery as turnout_celery
-from turnout import Status, Turnout, runtime
+from turnout import InvalidKeyError, Status, Turnout, UsageError, runtime
 from turnout.releases import TERMINAL, Claim, fingerprint
 from turnout.retries import task_countdown
 
@@ -240,6 +240,47 @@ def test_celery_reconcile_task_settles_a_release_whose_runner_died(
     assert [(call["key"], call["attempt"]) for call in read_calls(calls_file)] == [("k1", 2)]
     beat = turnout_celery.app.conf.beat_schedule["turnout-reconcile"]
     assert beat == {"task": "turnout.reconcile", "schedule": 60.0}
+
+
+def test_celery_enqueue_checks_the_request_in_the_producer() -> None:
+    with pytest.raises(InvalidKeyError):
+        turnout_celery.enqueue("site", "a.tgz", key="no spaces allowed")
+    with pytest.raises(UsageError, match="context"):
+        turnout_celery.enqueue("site", "a.tgz", key="k1", context={"customer": 7})
+    with pytest.raises(UsageError, match="artifact"):
+        turnout_celery.enqueue("site", "", key="k1")
+
+
+def test_celery_enqueue_puts_the_release_on_the_queue() -> None:
+    if not redis_up():
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the Celery cases: Redis does not answer")
+        pytest.skip(f"needs Redis on {REDIS_HOST}:{REDIS_PORT}")
+    queue = f"turnout-test-{uuid.uuid4().hex[:12]}"
+    producer = celery.Celery("producer", broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/0")
+    producer.conf.update(task_default_queue=queue, task_serializer="json")
+    context = {"customer": "acme"}
+    sent = turnout_celery.enqueue(
+        "site", "a.tgz", key="build-1", context=context, celery_app=producer
+    )
+    with producer.connection_for_read() as conn:
+        inbox = conn.SimpleQueue(queue)
+        try:
+            message = inbox.get(timeout=5)
+            message.ack()
+            assert message.headers["task"] == "turnout.release"
+            assert message.headers["id"] == sent.id
+            args, kwargs, _ = message.decode()
+            assert args == []
+            assert kwargs == {
+                "target": "site",
+                "artifact": "a.tgz",
+                "key": "build-1",
+                "context": context,
+            }
+        finally:
+            inbox.queue.delete()
+            inbox.close()
 
 
 @pytest.mark.parametrize(

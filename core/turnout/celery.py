@@ -52,9 +52,11 @@ standard ``OTEL_*`` variables, as the CLI does (``turnout[otel]``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, cast
 
 from celery import Celery, Task, current_app, signals
+from celery.result import AsyncResult
 
 from turnout import runtime, telemetry
 from turnout.errors import (
@@ -64,11 +66,12 @@ from turnout.errors import (
     ReleaseUnknownError,
     TransientReleaseError,
     TurnoutError,
+    UsageError,
 )
-from turnout.releases import Status
+from turnout.releases import Status, validate_context, validate_key
 from turnout.retries import task_countdown
 
-__all__ = ["RECONCILE_TASK_NAME", "TASK_NAME", "app", "decided", "register"]
+__all__ = ["RECONCILE_TASK_NAME", "TASK_NAME", "app", "decided", "enqueue", "register"]
 
 TASK_NAME = "turnout.release"
 RECONCILE_TASK_NAME = "turnout.reconcile"
@@ -137,6 +140,29 @@ def register(celery_app: Celery, *, max_retries: int | None = None) -> Task:  # 
         return [result.to_dict() for result in results]
 
     return release
+
+
+def enqueue(
+    target: str,
+    artifact: str,
+    *,
+    key: str,
+    context: Mapping[str, str] | None = None,
+    celery_app: Celery | None = None,
+) -> AsyncResult:  # type: ignore[type-arg]
+    """Enqueue a release for the fleet's workers, after checking what a worker would refuse.
+
+    A malformed key, artifact or context raises :class:`~turnout.errors.UsageError` here, in
+    the producer, instead of failing later in a worker. ``celery_app`` defaults to :data:`app`
+    (its broker and queue come from ``TURNOUT_CELERY_*``).
+    """
+    key = validate_key(key)
+    if not isinstance(artifact, str) or not artifact:
+        raise UsageError("artifact must be a non-empty path or URL")
+    kwargs: dict[str, Any] = {"target": target, "artifact": artifact, "key": key}
+    if context:
+        kwargs["context"] = validate_context(context)
+    return (celery_app or app).send_task(TASK_NAME, kwargs=kwargs)
 
 
 def _setting(name: str, default: float, *, integer: bool = False) -> float:
