@@ -19,6 +19,8 @@ A producer needs only Celery, not turnout::
         queue="turnout",
     )
 
+With turnout installed, :func:`enqueue` checks the key, artifact and context first.
+
 Outcomes map onto Celery like this:
 
 - deployed (or released before under the same key): the task succeeds and returns the release
