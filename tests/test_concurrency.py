@@ -539,3 +539,47 @@ def test_l1_replay_storm_deploys_each_artifact_once(registry_url: str, tmp_path:
     assert {r.idempotency_key for r in originals.values() if r.status is Status.FAILED} == failing
     assert sorted(originals[r.replay_of].idempotency_key for r in replays) == sorted(failing)
     assert {r.status for r in replays} == {Status.SUCCEEDED}
+
+
+def _serving_children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` and that run a plugin worker (``_serve.py``)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            if ppid == pid and b"_serve.py" in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_no_plugin_worker_survives_a_killed_runner(db_path: Path, tmp_path: Path) -> None:
+    # A runner (a job, a Celery pool process) dies with SIGKILL while it owns a warm plugin
+    # worker in a session of its own: the worker sees its request pipe close and exits,
+    # instead of lingering for every runner that ever died.
+    calls = tmp_path / "calls.jsonl"
+    with runners(f"sqlite:///{db_path}", 1, tmp_path / "logs") as (runner,):
+        target = {"name": "site", "plugin": "echo@1.0.0", "config": {"calls": str(calls)}}
+        assert runner.request({"op": "set_target", **target, "isolation": "process"})
+        answer = runner.request({"op": "release", "target": "site", "artifact": "a", "key": "k1"})
+        assert answer["outcome"] == "ran", answer
+        workers = _serving_children(runner.process.pid)
+        assert len(workers) == 1, workers
+        runner.process.kill()
+        runner.process.wait()
+        wait_for(
+            lambda: not any(_running(pid) for pid in workers),
+            what="the orphaned plugin worker to exit",
+            timeout=15,
+        )
+    assert len(read_calls(calls)) == 1
