@@ -1114,20 +1114,7 @@ def plugin_sync(
     with _status(f"{verb} referenced plugin versions into {handle.store.envs}"):
         results = handle.sync_plugins(check=check, find_links=find_links, index_url=index_url)
     if as_json:
-        _print_json(
-            [
-                {
-                    "plugin": r.ref.plugin_id,
-                    "version": r.ref.version,
-                    "status": r.status,
-                    "targets": list(r.targets),
-                    "digest": r.digest,
-                    "requirement": r.requirement,
-                    "detail": r.detail,
-                }
-                for r in results
-            ]
-        )
+        _print_json([r.to_dict() for r in results])
     elif not results:
         _say("no target or route references a plugin version; nothing to sync")
     else:

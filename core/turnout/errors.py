@@ -24,6 +24,7 @@ facts as attributes and maps to exactly one CLI exit code (``exit_code``)::
     ├── LeaseLostError                               75  taken over after this lease expired
     └── ReleaseFailedError                            1  the releaser failed permanently
         ├── TransientReleaseError                    75  failed transiently, retries spent
+        │                                                 (the same key again resumes it)
         └── ReleaseUnknownError                      75  may or may not have deployed
 
 Exit codes follow ``sysexits.h``: 65 data error, 75 temporary failure (a job runner should retry
@@ -265,7 +266,8 @@ class ReleaseFailedError(TurnoutError):
 
 
 class TransientReleaseError(ReleaseFailedError):
-    """The releaser failed transiently on every attempt; a later retry may succeed."""
+    """The releaser failed transiently on every attempt (or timed out); a later call with the
+    same key resumes a transient failure with more attempts, and may succeed."""
 
     exit_code = EXIT_TEMPFAIL
 

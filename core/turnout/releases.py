@@ -408,8 +408,6 @@ class Ledger:
         existing = self._row(target=target, key=key)
         if existing is None:  # pragma: no cover - a conflict means the row exists
             raise RuntimeError(f"claim on {target}/{key} conflicted but no row was found")
-        if existing["id"] == values["id"]:  # pragma: no cover - no INSERT rowcount reported
-            return Claim(values["id"], values["token"], values)  # (SQLAlchemy before 2.0.28)
         if existing["fingerprint"] != fingerprint:
             differs = _differences(existing, plugin_ref, artifact, context)
             raise KeyMismatchError(target, key, existing["id"], differs)

@@ -190,6 +190,8 @@ class Turnout:
         Raises:
             ReleaseFailedError: The releaser failed permanently (``TransientReleaseError``: it
                 failed transiently on every attempt, or timed out); the failure is recorded.
+                Asking again with the same key resumes a transient failure (more attempts);
+                it answers a permanent or timed-out one with its record.
             KeyMismatchError: ``key`` was used before for a different request; nothing ran.
             ReleaseInProgressError: ``key``'s release is running elsewhere; nothing ran.
             ReleaseUnknownError: An earlier runner died mid-call and nothing can tell whether
@@ -1072,6 +1074,18 @@ class SyncResult:
     digest: str | None = None
     requirement: str | None = None
     detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``turnout plugin sync --json`` prints for it."""
+        return {
+            "plugin": self.ref.plugin_id,
+            "version": self.ref.version,
+            "status": self.status,
+            "targets": list(self.targets),
+            "digest": self.digest,
+            "requirement": self.requirement,
+            "detail": self.detail,
+        }
 
 
 def _sync_request(
