@@ -107,13 +107,7 @@ class Telemetry:
 
     def count(self, record: ReleaseRecord) -> None:
         """Record a release this process ran in the metrics (never labelled by customer)."""
-        plugin_id, _, version = record.plugin_ref.rpartition("@")
-        labels = {
-            TARGET: record.target,
-            PLUGIN_ID: plugin_id,
-            PLUGIN_VERSION: version,
-            OUTCOME: record.status.value,
-        }
+        labels = _labels(record.target, record.plugin_ref, record.status.value)
         self.releases.add(1, labels)
         duration = record.duration
         if duration is not None:
@@ -122,9 +116,12 @@ class Telemetry:
     def count_refused(self, target: str, plugin_ref: str) -> None:
         """Count a release refused for a configuration error (outcome ``refused``); the plugin
         labels are empty when the error names no plugin version (an unknown target, say)."""
-        plugin_id, _, version = plugin_ref.rpartition("@")
-        labels = {TARGET: target, PLUGIN_ID: plugin_id, PLUGIN_VERSION: version, OUTCOME: "refused"}
-        self.releases.add(1, labels)
+        self.releases.add(1, _labels(target, plugin_ref, "refused"))
+
+
+def _labels(target: str, plugin_ref: str, outcome: str) -> dict[str, str]:
+    plugin_id, _, version = plugin_ref.rpartition("@")
+    return {TARGET: target, PLUGIN_ID: plugin_id, PLUGIN_VERSION: version, OUTCOME: outcome}
 
 
 class Current:
