@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from turnout import __version__
+from turnout import __version__, views
 from turnout.errors import (
     EXIT_FAILED,
     EXIT_TEMPFAIL,
@@ -32,7 +32,7 @@ from turnout.errors import (
 if TYPE_CHECKING:
     from turnout.registry import TargetChange, TargetSpec
     from turnout.releases import ReleaseRecord
-    from turnout.routing import Move, Route
+    from turnout.routing import Move
     from turnout.runtime import Turnout
 
 EXIT_CODES_HELP = """\b
@@ -279,24 +279,6 @@ def _parse_config(pairs: Sequence[str], config_file: Path | None) -> dict[str, A
     return config
 
 
-def _target_dict(target: TargetSpec) -> dict[str, Any]:
-    return {
-        "name": target.name,
-        "plugin": str(target.plugin_ref),
-        "config": target.config,
-        "max_attempts": target.max_attempts,
-        "timeout": target.timeout,
-        "isolation": target.isolation,
-        "idempotent": target.idempotent,
-        "revision": target.revision,
-        "routes": [_route_dict(route) for route in target.routes],
-    }
-
-
-def _route_dict(route: Route) -> dict[str, Any]:
-    return {**route.to_dict(), "rule": route.rule, "describe": route.describe()}
-
-
 @cli.group()
 def target() -> None:
     """Release targets: which plugin version serves each, with what config and policy."""
@@ -370,10 +352,7 @@ def _report_change(change: TargetChange, as_json: bool, verb: str) -> None:
     """What a target edit did (or, dry, would do): JSON on stdout, or lines on stderr."""
     now = change.target
     if as_json:
-        data = {**_target_dict(now), "changed": change.changed, "dry_run": change.dry_run}
-        if change.moves is not None:
-            data["moves"] = [move.to_dict() for move in change.moves]
-        _print_json(data)
+        _print_json(views.change(change))
     elif change.dry_run:
         _report_plan(change)
     elif not change.changed:
@@ -436,11 +415,11 @@ def target_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one target, with its routes."""
     spec = _handle(ctx).registry.get_target(name)
     if as_json:
-        _print_json(_target_dict(spec))
+        _print_json(views.target(spec))
         return
     rows = [
         (key, json.dumps(value) if key == "config" else value)
-        for key, value in _target_dict(spec).items()
+        for key, value in views.target(spec).items()
         if key != "routes"
     ]
     rows += [(f"route {route.id}", route.describe()) for route in spec.routes]
@@ -454,7 +433,7 @@ def target_list(ctx: click.Context, as_json: bool) -> None:
     """List every target."""
     targets = _handle(ctx).registry.list_targets()
     if as_json:
-        _print_json([_target_dict(t) for t in targets])
+        _print_json([views.target(t) for t in targets])
         return
     if not targets:
         _say("no targets yet; create one with: turnout target set NAME PLUGIN@VERSION")
@@ -483,7 +462,7 @@ def target_remove(
     change = _handle(ctx).remove_target(name, **edit)
     spec = change.target
     if as_json:
-        data: dict[str, Any] = {"removed": _target_dict(spec), "dry_run": change.dry_run}
+        data: dict[str, Any] = {"removed": views.target(spec), "dry_run": change.dry_run}
         if change.moves is not None:
             data["moves"] = [move.to_dict() for move in change.moves]
         _print_json(data)
@@ -500,26 +479,9 @@ def target_remove(
 @click.pass_context
 def history_command(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show every revision of a target, oldest first: who, when, why, and what changed."""
-    from turnout.registry import changes
-
-    revisions = _handle(ctx).registry.target_history(name)
-    if not revisions:
+    rows = views.history(_handle(ctx).registry, name)
+    if not rows:
         raise UsageError(f"target {name!r} has no history; list targets with: turnout target list")
-    rows: list[dict[str, Any]] = []
-    previous = None
-    for revision in revisions:
-        rows.append(
-            {
-                "revision": revision.revision,
-                "at": revision.created_at.isoformat(),
-                "actor": revision.actor,
-                "reason": revision.reason,
-                "before": previous,
-                "target": revision.snapshot,
-                "changes": changes(previous, revision.snapshot),
-            }
-        )
-        previous = revision.snapshot
     if as_json:
         _print_json(rows)
         return
@@ -785,14 +747,7 @@ def route_list(ctx: click.Context, target_name: str, as_json: bool) -> None:
     """List TARGET's routes in the order they are tried, then its default."""
     spec = _handle(ctx).registry.get_target(target_name)
     if as_json:
-        _print_json(
-            {
-                "target": spec.name,
-                "revision": spec.revision,
-                "default": str(spec.plugin_ref),
-                "routes": [_route_dict(route) for route in spec.routes],
-            }
-        )
+        _print_json(views.routes(spec))
         return
     _print_routes(spec)
 
@@ -1538,9 +1493,7 @@ def stats_command(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if as_json:
-        _print_json(
-            {"by": dimensions, "groups": [g.to_dict() for g in groups], "total": total.to_dict()}
-        )
+        _print_json(views.stats(dimensions, groups, total))
         return
     if not groups:
         _say("no releases recorded" + _filters_text(filters))
