@@ -13,7 +13,6 @@ import json
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +154,7 @@ def edit_options(command: Callable[..., Any]) -> Callable[..., Any]:
         edit = {
             "expect_revision": expect_revision,
             "dry_run": dry_run,
-            "history": _duration(history, "--history"),
+            "history": views.duration(history, "--history"),
             "reason": reason,
             "actor": actor,
         }
@@ -1191,7 +1190,7 @@ def _print_release(record: ReleaseRecord, as_json: bool) -> None:
     if record.replay_of:
         rows.append(("replay of", record.replay_of))
     if record.decision:
-        rows.append(("decision", _decision_text(record.decision)))
+        rows.append(("decision", views.decision_text(record.decision)))
     rows += [("status", record.status.value), ("attempts", record.attempts)]
     if record.result is not None:
         rows.append(("result", json.dumps(record.result, sort_keys=True)))
@@ -1210,7 +1209,7 @@ def _print_release(record: ReleaseRecord, as_json: bool) -> None:
                 (
                     entry.get("attempt"),
                     str(entry.get("started_at", ""))[11:23],
-                    _seconds(entry.get("duration")),
+                    views.seconds_text(entry.get("duration")),
                     entry.get("outcome"),
                     entry.get("error", "") + (" (transient)" if entry.get("retryable") else ""),
                 )
@@ -1231,33 +1230,20 @@ OUTPUT_LINES = 40
 """Lines of a release's stored plugin output that ``releases show`` prints (``--json``: all)."""
 
 
-def _decision_text(decision: dict[str, Any]) -> str:
-    why = f"{decision.get('rule')} at revision {decision.get('revision')}"
-    if decision.get("route"):
-        why += f", route {decision['route']}"
-    if decision.get("bucket") is not None:
-        why += f", bucket {decision['bucket']} by {decision.get('key')}"
-    return f"{decision.get('plugin')}: {why}"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.3f}s"
-
-
 def _timings(record: ReleaseRecord) -> list[tuple[str, str]]:
     """Started, finished, total; with an attempt log: time in attempts and waiting between."""
     rows = [("started", record.started_at.isoformat(timespec="milliseconds"))]
     if record.finished_at is not None:
         rows.append(("finished", record.finished_at.isoformat(timespec="milliseconds")))
-        rows.append(("duration", _seconds(record.duration)))
+        rows.append(("duration", views.seconds_text(record.duration)))
     log = record.attempt_log or []
     if log:
         working = sum(float(entry.get("duration") or 0) for entry in log)
-        rows.append(("in attempts", _seconds(working)))
+        rows.append(("in attempts", views.seconds_text(working)))
         if record.duration is not None and len(log) > 1:
-            rows.append(("waiting, recording", _seconds(max(0.0, record.duration - working))))
+            rows.append(
+                ("waiting, recording", views.seconds_text(max(0.0, record.duration - working)))
+            )
     return rows
 
 
@@ -1328,7 +1314,7 @@ def _with_filters(command: Callable[..., Any], default_since: str | None) -> Cal
         if plugin_ref is not None and "@" in plugin_ref:
             plugin = PluginRef.parse(plugin_ref)
         filters = {
-            "since": utcnow() - _duration(since) if since else None,
+            "since": utcnow() - views.duration(since) if since else None,
             "target": target_name,
             "plugin": plugin,
             "customer": customer,
@@ -1419,7 +1405,7 @@ def releases(
                 r.idempotency_key,
                 r.status.value,
                 r.attempts,
-                _seconds(r.duration),
+                views.seconds_text(r.duration),
                 r.started_at.isoformat(timespec="seconds"),
             )
             for r in records
@@ -1509,9 +1495,9 @@ def stats_command(
             data["failed"],
             data["unknown"] + data["running"],
             "" if rate is None else f"{rate:.1%}",
-            _seconds(data["p50"]),
-            _seconds(data["p95"]),
-            _seconds(data["p99"]),
+            views.seconds_text(data["p50"]),
+            views.seconds_text(data["p95"]),
+            views.seconds_text(data["p99"]),
             "" if data["mean_attempts"] is None else f"{data['mean_attempts']:.2f}",
         ]
 
@@ -1537,21 +1523,6 @@ def stats_command(
 
 
 # reconcile and replay ------------------------------------------------------------------------
-
-
-def _duration(text: str, option: str = "--since") -> timedelta:
-    """``90s``, ``20m``, ``1h``, ``2d`` (or a bare number of minutes) as a timedelta."""
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "m")
-    try:
-        amount = float(value)
-    except ValueError:
-        raise UsageError(
-            f"{option} expects a duration such as 20m, 1h or 90s, got {text!r}"
-        ) from None
-    if amount <= 0:
-        raise UsageError(f"{option} must be positive")
-    return timedelta(**{units[unit]: amount})
 
 
 def _outcome_row(record: ReleaseRecord | None, error: Exception | None) -> tuple[str, str, str]:
@@ -1673,7 +1644,7 @@ def replay_command(
             ) from None
     handle = _handle(ctx)
     originals = handle.replay_candidates(
-        since=_duration(since), target=target_name, statuses=chosen, customer=customer
+        since=views.duration(since), target=target_name, statuses=chosen, customer=customer
     )
     if not originals:
         _say("nothing to replay in that window")

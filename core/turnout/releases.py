@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -183,6 +184,26 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TimelinePoint:
+    """One version's releases to one target in one slice of a :meth:`Ledger.timeline`."""
+
+    target: str
+    plugin_ref: str
+    bucket: int
+    releases: int
+    failed: int
+    """Failed or timed out."""
+    ended: int
+    """Releases with an outcome (the rest still run, or were left mid-flight)."""
+    mean_seconds: float | None
+    """Mean seconds from claim to outcome of those that ended."""
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.failed / self.ended if self.ended else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -663,6 +684,58 @@ class Ledger:
             for row in conn.execution_options(yield_per=5000).execute(query):
                 yield tuple(row)
 
+    def timeline(
+        self,
+        *,
+        since: datetime,
+        until: datetime,
+        buckets: int,
+        target: str | None = None,
+    ) -> list[TimelinePoint]:
+        """Releases per target, plugin version and time bucket, counted by the database.
+
+        The window from ``since`` to ``until`` is cut into ``buckets`` equal slices (bucket 0
+        is the oldest); a point exists only for a slice where its version released.
+        """
+        if buckets < 1 or until <= since:
+            raise ValueError("a timeline needs at least one bucket and until after since")
+        dialect = self.engine.dialect.name
+        width = max(1, math.ceil((until - since).total_seconds() / buckets))
+        start = math.floor(since.timestamp())
+        bucket = ((_epoch(TABLE.c.started_at, dialect) - start) // width).label("bucket")
+        ended = TABLE.c.finished_at.isnot(None)
+        failed = TABLE.c.status.in_([Status.FAILED.value, Status.TIMED_OUT.value])
+        query = (
+            sa.select(
+                TABLE.c.target,
+                TABLE.c.plugin_id,
+                TABLE.c.plugin_version,
+                bucket,
+                sa.func.count(),
+                sa.func.sum(sa.case((failed, 1), else_=0)),
+                sa.func.sum(sa.case((ended, 1), else_=0)),
+                sa.func.avg(sa.case((ended, _seconds(dialect)), else_=None)),
+            )
+            .where(TABLE.c.started_at >= since, TABLE.c.started_at < until)
+            .group_by(TABLE.c.target, TABLE.c.plugin_id, TABLE.c.plugin_version, bucket)
+        )
+        if target is not None:
+            query = query.where(TABLE.c.target == target)
+        with _db.reader(self.engine) as conn:
+            rows = conn.execute(query).all()
+        return [
+            TimelinePoint(
+                target=name,
+                plugin_ref=f"{plugin_id}@{version}",
+                bucket=min(int(index), buckets - 1),
+                releases=int(count),
+                failed=int(failures or 0),
+                ended=int(done or 0),
+                mean_seconds=None if mean is None else float(mean),
+            )
+            for name, plugin_id, version, index, count, failures, done, mean in rows
+        ]
+
     def contexts(self, target: str, *, since: datetime) -> list[dict[str, str]]:
         """The context of each release to ``target`` started since ``since``, oldest first."""
         query = (
@@ -789,6 +862,13 @@ def _seconds(dialect: str) -> Any:
         sa.func.substr(started, 20), sa.Float
     )
     return whole + fraction
+
+
+def _epoch(column: Any, dialect: str) -> Any:
+    """Whole seconds since 1970 (UTC) of a timestamp column, in SQL."""
+    if dialect == "postgresql":
+        return sa.cast(sa.func.floor(sa.extract("epoch", column)), sa.BigInteger)
+    return sa.cast(sa.func.strftime("%s", column), sa.Integer)
 
 
 def _filtered(

@@ -7,7 +7,10 @@ renaming a field.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+
+from turnout.errors import UsageError
 
 if TYPE_CHECKING:
     from turnout.registry import Registry, TargetChange, TargetSpec
@@ -80,3 +83,38 @@ def history(registry: Registry, name: str) -> list[dict[str, Any]]:
 def stats(by: Sequence[str], groups: Sequence[GroupStats], total: GroupStats) -> dict[str, Any]:
     """``turnout stats --json``: the dimensions, one entry per group, and the total."""
     return {"by": list(by), "groups": [g.to_dict() for g in groups], "total": total.to_dict()}
+
+
+# For people: the CLI's tables and the web pages --------------------------------------------
+
+
+def duration(text: str, option: str = "--since") -> timedelta:
+    """``90s``, ``20m``, ``1h``, ``2d`` (or a bare number of minutes) as a timedelta."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "m")
+    try:
+        amount = float(value)
+    except ValueError:
+        raise UsageError(
+            f"{option} expects a duration such as 20m, 1h or 90s, got {text!r}"
+        ) from None
+    if amount <= 0:
+        raise UsageError(f"{option} must be positive")
+    return timedelta(**{units[unit]: amount})
+
+
+def decision_text(decision: dict[str, Any]) -> str:
+    """A decision record in one line: the version, and the rule that chose it."""
+    why = f"{decision.get('rule')} at revision {decision.get('revision')}"
+    if decision.get("route"):
+        why += f", route {decision['route']}"
+    if decision.get("bucket") is not None:
+        why += f", bucket {decision['bucket']} by {decision.get('key')}"
+    return f"{decision.get('plugin')}: {why}"
+
+
+def seconds_text(value: float | None) -> str:
+    """Seconds for people: ``12.3ms`` below a second, ``1.234s`` above; blank if unknown."""
+    if value is None:
+        return ""
+    return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.3f}s"
