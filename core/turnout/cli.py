@@ -1598,6 +1598,62 @@ def reconcile_command(
         ctx.exit(EXIT_TEMPFAIL)
 
 
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the write token from this file (else from TURNOUT_SERVE_TOKEN).",
+)
+@click.pass_context
+def serve_command(ctx: click.Context, host: str, port: int, token_file: Path | None) -> None:
+    """Serve the dashboard and its JSON API (/api/) on HOST:PORT, loopback by default.
+
+    Read-only unless a token is given, in TURNOUT_SERVE_TOKEN or --token-file (at least 16
+    characters): then re-pointing a target, adding or removing a route and rolling back are
+    allowed to whoever signs in with it (pages) or sends it as "Authorization: Bearer TOKEN"
+    (API). Changes go through the same checks and history as the CLI's.
+
+    \b
+    Examples:
+      turnout serve                                  read-only, http://127.0.0.1:8000
+      TURNOUT_SERVE_TOKEN=$(cat token) turnout serve --port 9000
+    """
+    import os
+
+    token = token_file.read_text().strip() if token_file else os.environ.get("TURNOUT_SERVE_TOKEN")
+    try:
+        import uvicorn
+
+        from turnout.web import create_app
+    except ImportError:
+        raise UsageError(
+            "turnout serve needs the web extra; run: pip install 'turnout[web]'"
+        ) from None
+    handle = _handle(ctx)
+    handle.registry.ensure_schema()
+    hosts = sorted({host, "localhost", "127.0.0.1", "[::1]"} if _loopback(host) else {"*"})
+    app = create_app(handle, token=token or None, allowed_hosts=hosts)
+    if token and not _loopback(host):
+        _say(
+            f"warning: changes are allowed and {host} is not loopback; the token crosses the "
+            "network in clear unless a TLS proxy is in front",
+            style="yellow",
+        )
+    mode = "changes allowed with the token" if token else "read-only"
+    _say(f"turnout dashboard on http://{_url_host(host)}:{port}/ ({mode}); Ctrl-C stops it")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 @cli.command("replay")
 @click.option(
     "--since", "since", required=True, metavar="DURATION", help="The window: 20m, 1h, 90s, 2d."
