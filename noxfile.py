@@ -62,7 +62,7 @@ def tests(session: nox.Session) -> None:
     The core is installed as a wheel (not editable), so the tests see what users get,
     migrations included. Pass pytest arguments after ``--``, e.g. ``-- -k release -n 0``.
     """
-    session.install(".[test,postgres,otel,celery]")
+    session.install(".[test,postgres,otel,celery,web]")
     args = session.posargs or ["-n", "auto"]
     session.run("pytest", *args)
 
@@ -89,7 +89,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """Type-check the core and every plugin with mypy --strict."""
-    session.install(*TYPE_TOOLS, ".[postgres,otel,celery]", *(f"./plugins/{p}" for p in PLUGINS))
+    session.install(*TYPE_TOOLS, ".[postgres,otel,celery,web]", *(f"./plugins/{p}" for p in PLUGINS))
     session.run("mypy", *session.posargs)
     for plugin in PLUGINS:
         session.run("mypy", "--strict", f"plugins/{plugin}/src")
