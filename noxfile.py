@@ -89,7 +89,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """Type-check the core and every plugin with mypy --strict."""
-    session.install(*TYPE_TOOLS, ".[postgres,otel,celery,web]", *(f"./plugins/{p}" for p in PLUGINS))
+    session.install(
+        *TYPE_TOOLS, ".[postgres,otel,celery,web]", *(f"./plugins/{p}" for p in PLUGINS)
+    )
     session.run("mypy", *session.posargs)
     for plugin in PLUGINS:
         session.run("mypy", "--strict", f"plugins/{plugin}/src")
