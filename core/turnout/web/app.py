@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -462,7 +461,6 @@ class _State:
         self.handle = handle
         self.token = token
         self._key = hashlib.sha256(b"turnout-serve\0" + token.encode()).digest() if token else b""
-        self._lock = threading.Lock()
 
     # Reading --------------------------------------------------------------------------------
 
