@@ -168,7 +168,7 @@ def test_pages_show_targets_versions_and_releases(sqlite_world: World) -> None:
     release = client.get(f"/releases/{sqlite_world.ids['flaky/acme'][0]}")
     assert release.status_code == 200
     assert "RuntimeError" in release.text
-    assert "(permanent)" in release.text
+    assert "(RuntimeError, permanent)" in release.text
     assert "default at revision 1" in release.text  # the decision record, in words
 
 

@@ -20,7 +20,7 @@ import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -96,6 +96,7 @@ def create_app(
     templates.env.filters["rate"] = _rate
     templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True)
     templates.env.filters["when"] = _when
+    templates.env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
     templates.env.globals.update(
         version=__version__,
         windows=WINDOWS,
@@ -801,4 +802,4 @@ def _when(value: datetime | str | None) -> str:
         return ""
     if isinstance(value, str):
         return value[:19].replace("T", " ")
-    return value.isoformat(sep=" ", timespec="seconds")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
