@@ -1641,9 +1641,29 @@ def serve_command(ctx: click.Context, host: str, port: int, token_file: Path | N
             "network in clear unless a TLS proxy is in front",
             style="yellow",
         )
+    listener = _listen(host, port)
+    port = listener.getsockname()[1]  # the one chosen, for --port 0
     mode = "changes allowed with the token" if token else "read-only"
     _say(f"turnout dashboard on http://{_url_host(host)}:{port}/ ({mode}); Ctrl-C stops it")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> Any:
+    """A socket bound to host:port, or a usage error that says what to change."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            "choose another --port or --host"
+        ) from None
+    return listener
 
 
 def _loopback(host: str) -> bool:
