@@ -344,3 +344,24 @@ def test_page_writes_need_a_session_its_csrf_token_and_the_same_origin(
 
     client.post("/logout", data={"csrf": csrf})
     assert client.post("/targets/checkout/rollback", data=form).status_code == 401
+
+
+def test_serve_says_what_to_change_when_it_cannot_start(db_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = CliRunner().invoke(cli, ["--db", str(db_path), "serve", "--port", str(port)])
+    assert busy.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in busy.output
+    assert "choose another --port" in busy.output
+    blank = CliRunner().invoke(cli, ["--db", str(db_path.parent / "new.db"), "serve"])
+    assert blank.exit_code == 78
+    assert "run: turnout db upgrade" in blank.output
+    short = CliRunner().invoke(
+        cli, ["--db", str(db_path), "serve"], env={"TURNOUT_SERVE_TOKEN": "short"}
+    )
+    assert short.exit_code == 2
+    assert "at least 16 characters" in short.output

@@ -1653,12 +1653,15 @@ def _listen(host: str, port: int) -> Any:
     """A socket bound to host:port, or a usage error that says what to change."""
     import socket
 
+    listener = None
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
     except OSError as exc:
+        if listener is not None:
+            listener.close()
         raise UsageError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
             "choose another --port or --host"
