@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
+ARTIFACTS = HERE / ".artifacts"
+"""What failed tests leave behind to look at (git-ignored): browser screenshots."""
 
 sys.path.insert(0, str(HERE))  # for `helpers`, which --import-mode=importlib does not add
 
@@ -23,6 +26,26 @@ from helpers import (  # noqa: E402
     install_into,
     wheel_from_installed,
 )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[pytest.TestReport]:
+    """A failed test that drove a browser ``page`` keeps a screenshot of it in ARTIFACTS.
+
+    Taken here, while the page is still open; the report names the file.
+    """
+    report: pytest.TestReport = yield
+    page = getattr(item, "funcargs", {}).get("page")
+    if report.when == "call" and report.failed and page is not None:
+        path = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', item.name)}.png"
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            page.screenshot(path=str(path), full_page=True)
+        except Exception as exc:  # noqa: BLE001 - a failed screenshot must not hide the failure
+            report.sections.append(("screenshot", f"none taken: {exc}"))
+        else:
+            report.sections.append(("screenshot", f"{path} (page {page.url})"))
+    return report
 
 
 @pytest.fixture(autouse=True)
