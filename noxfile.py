@@ -52,7 +52,10 @@ PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject
 """Every plugin folder, ``_template`` (what ``turnout plugin new`` renders) included."""
 LINT_TOOLS = ["ruff>=0.8"]
 TYPE_TOOLS = ["mypy>=1.13", "celery-types>=0.22"]
-BENCH_TOOLS = ["stevedore>=5"]  # the naive registry that P10 compares against
+BENCH_TOOLS = [
+    "stevedore>=5",  # the naive registry that P10 compares against
+    "httpx2>=2",  # D1 drives the dashboard through Starlette's TestClient
+]
 
 
 @nox.session(python=PYTHON)
@@ -123,7 +126,7 @@ def bench(session: nox.Session) -> None:
     bench/results/latest.json. Takes a few minutes; ``-- --quick`` runs in well under one,
     ``-- --only P2,P10`` picks goals. Not a default session: a slow machine fails no build.
     """
-    session.install(".[otel,postgres]", *BENCH_TOOLS)  # postgres: P8 runs on PostgreSQL
+    session.install(".[otel,postgres,web]", *BENCH_TOOLS)  # postgres: P8 and D1; web: D1
     session.run("python", "bench/run.py", *session.posargs)
 
 

@@ -70,8 +70,8 @@ class Skipped(Exception):
 
 
 @contextlib.contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """Create ``turnout_bench_p8_<pid>`` on the server; yield its URL; drop it.
+def fresh_database(server_url: str, *, prefix: str = "turnout_bench_p8") -> Iterator[str]:
+    """Create ``<prefix>_<pid>`` on the server; yield its URL; drop it.
 
     Raises:
         Skipped: psycopg is missing or the server does not answer.
@@ -85,7 +85,7 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
     server = make_url(server_url).set(drivername="postgresql")
     admin = server.render_as_string(hide_password=False)
-    name = f"turnout_bench_p8_{os.getpid()}"
+    name = f"{prefix}_{os.getpid()}"
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
