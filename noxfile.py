@@ -56,6 +56,7 @@ BENCH_TOOLS = [
     "stevedore>=5",  # the naive registry that P10 compares against
     "httpx2>=2",  # D1 drives the dashboard through Starlette's TestClient
 ]
+SCREENSHOT_TOOLS = ["playwright>=1.45"]  # drives Debian's chromium, as the browser tests do
 
 
 @nox.session(python=PYTHON)
@@ -109,6 +110,17 @@ def demo(session: nox.Session) -> None:
     """
     session.install(".")
     session.run("python", "demo/demo.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def screenshot(session: nox.Session) -> None:
+    """Retake docs/images/overview.png from the running dashboard (commit the result).
+
+    Builds a registry with an hour of real releases of the directory releaser, starts
+    ``turnout serve`` and photographs the overview with /usr/bin/chromium (Debian's).
+    """
+    session.install(".[web]", *SCREENSHOT_TOOLS)
+    session.run("python", "demo/screenshot.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
