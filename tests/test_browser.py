@@ -258,6 +258,7 @@ def test_browser_without_a_token_is_read_only(page: Page, world: World, tmp_path
         assert refused is not None
         assert refused.status == 403
         expect(page.locator("p.failure")).to_contain_text("read-only")
+        page.goto("about:blank")  # no page left polling a server about to stop
 
 
 # The server ----------------------------------------------------------------------------------
