@@ -197,9 +197,9 @@ class TimelinePoint:
     failed: int
     """Failed or timed out."""
     ended: int
-    """Releases with an outcome (the rest still run, or were left mid-flight)."""
+    """Succeeded, reconciled, failed or timed out (not running, not unknown)."""
     mean_seconds: float | None
-    """Mean seconds from claim to outcome of those that ended."""
+    """Mean seconds from claim to outcome of those that ran to one (not reconciled)."""
 
     @property
     def error_rate(self) -> float | None:
@@ -703,8 +703,17 @@ class Ledger:
         width = max(1, math.ceil((until - since).total_seconds() / buckets))
         start = math.floor(since.timestamp())
         bucket = ((_epoch(TABLE.c.started_at, dialect) - start) // width).label("bucket")
-        ended = TABLE.c.finished_at.isnot(None)
+        # As turnout.stats counts: the rate is failed over ended; durations of those that ran.
         failed = TABLE.c.status.in_([Status.FAILED.value, Status.TIMED_OUT.value])
+        ended = TABLE.c.status.in_(
+            [
+                s.value
+                for s in (Status.SUCCEEDED, Status.RECONCILED, Status.FAILED, Status.TIMED_OUT)
+            ]
+        )
+        ran = TABLE.c.status.in_(
+            [s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT)]
+        )
         query = (
             sa.select(
                 TABLE.c.target,
@@ -714,7 +723,7 @@ class Ledger:
                 sa.func.count(),
                 sa.func.sum(sa.case((failed, 1), else_=0)),
                 sa.func.sum(sa.case((ended, 1), else_=0)),
-                sa.func.avg(sa.case((ended, _seconds(dialect)), else_=None)),
+                sa.func.avg(sa.case((ran, _seconds(dialect)), else_=None)),
             )
             .where(TABLE.c.started_at >= since, TABLE.c.started_at < until)
             .group_by(TABLE.c.target, TABLE.c.plugin_id, TABLE.c.plugin_version, bucket)
