@@ -259,6 +259,23 @@ def test_stats_durations_and_percentiles_are_exact(registry_url: str) -> None:
     assert total.releases == 42
 
 
+def test_durations_and_slices_are_exact_across_a_second_boundary(registry_url: str) -> None:
+    """A release that starts in the last half millisecond of a second and ends in the next:
+    SQLite rounds such a timestamp up to the next second when it reads it whole."""
+    start = NOW + timedelta(seconds=0.9997)
+    now = [start]
+    with Turnout(registry_url) as tt:
+        ledger = Ledger(tt.registry.engine, clock=lambda: now[0])
+        claim = new_claim(ledger, "edge")
+        now[0] = start + timedelta(seconds=0.0006)
+        ledger.move(claim, Status.SUCCEEDED)
+        ((*_, seconds),) = list(ledger.outcomes(["version"]))
+        (point,) = ledger.timeline(since=NOW, until=NOW + timedelta(seconds=2), buckets=2)
+    assert float(seconds) == pytest.approx(0.0006, abs=1e-6)
+    assert point.mean_seconds == pytest.approx(0.0006, abs=1e-6)
+    assert point.bucket == 0  # started at second 0.9997 of the window, not at 1
+
+
 def test_stats_since_window_and_bad_dimension(db_path: Path) -> None:
     url = f"sqlite:///{db_path}"
     now = [datetime.now(UTC) - timedelta(hours=3)]

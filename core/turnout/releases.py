@@ -866,7 +866,7 @@ def _seconds(dialect: str) -> Any:
     if dialect == "postgresql":
         return sa.extract("epoch", finished - started)
     # SQLite keeps "YYYY-MM-DD HH:MM:SS.ffffff": whole seconds, then the fraction from col 20.
-    whole = sa.func.strftime("%s", finished) - sa.func.strftime("%s", started)
+    whole = _epoch(finished, dialect) - _epoch(started, dialect)
     fraction = sa.cast(sa.func.substr(finished, 20), sa.Float) - sa.cast(
         sa.func.substr(started, 20), sa.Float
     )
@@ -877,7 +877,8 @@ def _epoch(column: Any, dialect: str) -> Any:
     """Whole seconds since 1970 (UTC) of a timestamp column, in SQL."""
     if dialect == "postgresql":
         return sa.cast(sa.func.floor(sa.extract("epoch", column)), sa.BigInteger)
-    return sa.cast(sa.func.strftime("%s", column), sa.Integer)
+    # Without its fraction: SQLite rounds one to the millisecond, so "...:57.9996" reads as 58.
+    return sa.cast(sa.func.strftime("%s", sa.func.substr(column, 1, 19)), sa.Integer)
 
 
 def _filtered(
