@@ -34,8 +34,8 @@ def bars(
             f'width="{max(1.0, step - 1):.1f}" height="{height:.1f}"{zero}/>'
         )
     return Markup(  # noqa: S704 - numbers, fixed text and the escaped label
-        f'<svg class="chart {kind}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
-        f'height="{HEIGHT}" role="img" aria-label="{_attribute(label)}">'
+        f'<svg class="chart {kind}" viewBox="0 0 {WIDTH} {HEIGHT}" preserveAspectRatio="none" '
+        f'role="img" aria-label="{_attribute(label)}">'
         f'<line x1="0" y1="{HEIGHT - 0.5}" x2="{WIDTH}" y2="{HEIGHT - 0.5}" class="axis"/>'
         + "".join(parts)
         + "</svg>"
