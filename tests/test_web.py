@@ -342,6 +342,21 @@ def test_page_writes_need_a_session_its_csrf_token_and_the_same_origin(
     assert (latest["revision"], latest["reason"]) == (3, "bad canary")
     assert sqlite_world.cli_json("target", "show", "checkout")["routes"] == []
 
+    added = client.post(
+        "/targets/checkout/routes",
+        data={"selector": "plan", "values": "pro, free", "plugin": "plain@0.1.0",
+              "reason": "plans", "csrf": csrf},
+    )  # fmt: skip
+    assert added.status_code == 200  # followed to the target page
+    (route,) = sqlite_world.cli_json("route", "list", "checkout")["routes"]
+    assert route["match"] == {"plan": ["pro", "free"]}
+    gone = client.post(
+        f"/targets/checkout/routes/{route['id']}/remove", data={"reason": "undo", "csrf": csrf}
+    )
+    assert gone.status_code == 200
+    assert sqlite_world.cli_json("route", "list", "checkout")["routes"] == []
+    assert client.post("/targets/checkout/remove-route", data={"csrf": csrf}).status_code == 404
+
     client.post("/logout", data={"csrf": csrf})
     assert client.post("/targets/checkout/rollback", data=form).status_code == 401
 

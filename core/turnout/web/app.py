@@ -43,6 +43,7 @@ from turnout.errors import (
 )
 from turnout.models import utcnow
 from turnout.refs import PluginRef
+from turnout.registry import TargetChange
 from turnout.releases import ReleaseRecord, Status
 from turnout.routing import all_refs
 from turnout.runtime import Turnout
@@ -211,10 +212,10 @@ def _add_actions(app: FastAPI, state: _State, page: _Renderer) -> None:
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
-    async def act(request: Request, name: str, action: Callable[[dict[str, str]], Any]) -> Response:
+    async def act(request: Request, name: str, kind: str, data: dict[str, str]) -> Response:
         form = await state.checked_form(request)
         try:
-            await run_in_threadpool(action, form)
+            await run_in_threadpool(CHANGES[kind], state.handle, name, form | data, request)
         except TurnoutError as exc:
             context = await run_in_threadpool(state.target_context, name, DEFAULT_WINDOW, "")
             context["failure"] = str(exc)
@@ -224,49 +225,15 @@ def _add_actions(app: FastAPI, state: _State, page: _Renderer) -> None:
             f"/targets/{_quote(name)}?{urlencode({'done': done})}", status_code=303
         )
 
-    @app.post("/targets/{name}/plugin", include_in_schema=False)
-    async def repoint_form(request: Request, name: str) -> Response:
-        return await act(
-            request,
-            name,
-            lambda form: state.handle.set_target(
-                name, _required(form, "plugin"), **_edit(form, request)
-            ),
-        )
-
-    @app.post("/targets/{name}/routes", include_in_schema=False)
-    async def add_route_form(request: Request, name: str) -> Response:
-        return await act(
-            request,
-            name,
-            lambda form: state.handle.add_route(
-                name,
-                _required(form, "selector"),
-                _values(_required(form, "values")),
-                _required(form, "plugin"),
-                **_edit(form, request),
-            ),
-        )
+    @app.post("/targets/{name}/{kind}", include_in_schema=False)
+    async def change_form(request: Request, name: str, kind: str) -> Response:
+        if kind not in CHANGES or kind == "remove-route":
+            raise NotFoundError(f"no change called {kind!r}")
+        return await act(request, name, kind, {})
 
     @app.post("/targets/{name}/routes/{route_id}/remove", include_in_schema=False)
     async def remove_route_form(request: Request, name: str, route_id: str) -> Response:
-        return await act(
-            request,
-            name,
-            lambda form: state.handle.remove_route(name, route_id, **_edit(form, request)),
-        )
-
-    @app.post("/targets/{name}/rollback", include_in_schema=False)
-    async def rollback_form(request: Request, name: str) -> Response:
-        return await act(
-            request,
-            name,
-            lambda form: state.handle.rollback(
-                name,
-                to_revision=_int(form.get("to_revision"), "to_revision"),
-                **_edit(form, request),
-            ),
-        )
+        return await act(request, name, "remove-route", {"route": route_id})
 
 
 def _add_api(app: FastAPI, state: _State) -> None:
@@ -342,51 +309,78 @@ def _add_api(app: FastAPI, state: _State) -> None:
             "targets": [card.to_dict() for card in data["cards"]],
         }
 
+    async def apply(request: Request, name: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        change = await run_in_threadpool(CHANGES[kind], state.handle, name, data, request)
+        return views.change(change)
+
     @app.post("/api/targets/{name}/plugin")
     async def api_repoint(request: Request, name: str) -> dict[str, Any]:
         """Re-point a target (``turnout target set NAME PLUGIN@VERSION --json``); body
-        ``{"plugin": ..., "reason": ..., "expect_revision": ...}``."""
-        body = await state.checked_api_body(request)
-        change = await run_in_threadpool(
-            lambda: state.handle.set_target(name, _required(body, "plugin"), **_edit(body, request))
-        )
-        return views.change(change)
+        ``{"plugin": ..., "reason": ...}`` and optionally ``expect_revision``, ``dry_run``."""
+        return await apply(request, name, "plugin", await state.checked_api_body(request))
 
     @app.post("/api/targets/{name}/routes")
     async def api_add_route(request: Request, name: str) -> dict[str, Any]:
-        """Add a route (``turnout route add``); body ``{"selector", "values", "plugin"}``
-        and optionally ``reason``, ``expect_revision``, ``dry_run``."""
-        body = await state.checked_api_body(request)
-        change = await run_in_threadpool(
-            lambda: state.handle.add_route(
-                name,
-                _required(body, "selector"),
-                _values(body.get("values")),
-                _required(body, "plugin"),
-                **_edit(body, request),
-            )
-        )
-        return views.change(change)
+        """Add a route (``turnout route add``); body ``{"selector", "values", "plugin",
+        "reason"}`` and optionally ``expect_revision``, ``dry_run``."""
+        return await apply(request, name, "routes", await state.checked_api_body(request))
 
     @app.delete("/api/targets/{name}/routes/{route_id}")
     async def api_remove_route(request: Request, name: str, route_id: str) -> dict[str, Any]:
         """Remove a route by id (``turnout route remove``); ``reason``, ``expect_revision``,
         ``dry_run`` as query parameters."""
         state.check_bearer(request)
-        edit = _edit(dict(request.query_params), request)
-        change = await run_in_threadpool(lambda: state.handle.remove_route(name, route_id, **edit))
-        return views.change(change)
+        data = {**request.query_params, "route": route_id}
+        return await apply(request, name, "remove-route", data)
 
     @app.post("/api/targets/{name}/rollback")
     async def api_rollback(request: Request, name: str) -> dict[str, Any]:
-        """Roll back (``turnout rollback NAME``); body ``{"to_revision": N}`` (default: the
-        revision before the current) and optionally ``reason``, ``expect_revision``."""
-        body = await state.checked_api_body(request)
-        to_revision = _int(body.get("to_revision"), "to_revision")
-        change = await run_in_threadpool(
-            lambda: state.handle.rollback(name, to_revision=to_revision, **_edit(body, request))
-        )
-        return views.change(change)
+        """Roll back (``turnout rollback NAME``); body ``{"reason": ...}`` and optionally
+        ``to_revision`` (default: the revision before the current), ``expect_revision``."""
+        return await apply(request, name, "rollback", await state.checked_api_body(request))
+
+
+# The changes the pages and the API make: each takes a form or a JSON body --------------------
+
+Change = Callable[[Turnout, str, Mapping[str, Any], Request], TargetChange]
+
+
+def _repoint(handle: Turnout, name: str, data: Mapping[str, Any], request: Request) -> TargetChange:
+    return handle.set_target(name, _required(data, "plugin"), **_edit(data, request))
+
+
+def _add_route(
+    handle: Turnout, name: str, data: Mapping[str, Any], request: Request
+) -> TargetChange:
+    return handle.add_route(
+        name,
+        _required(data, "selector"),
+        _values(data.get("values")),
+        _required(data, "plugin"),
+        **_edit(data, request),
+    )
+
+
+def _remove_route(
+    handle: Turnout, name: str, data: Mapping[str, Any], request: Request
+) -> TargetChange:
+    return handle.remove_route(name, _required(data, "route"), **_edit(data, request))
+
+
+def _rollback(
+    handle: Turnout, name: str, data: Mapping[str, Any], request: Request
+) -> TargetChange:
+    to_revision = _int(data.get("to_revision"), "to_revision")
+    return handle.rollback(name, to_revision=to_revision, **_edit(data, request))
+
+
+CHANGES: dict[str, Change] = {
+    "plugin": _repoint,
+    "routes": _add_route,
+    "remove-route": _remove_route,
+    "rollback": _rollback,
+}
+"""Each change by the last part of its address (``/targets/NAME/plugin``, ...)."""
 
 
 # What the pages show --------------------------------------------------------------------
