@@ -244,6 +244,16 @@ def test_browser_overview_filter_release_and_rollback(
         after = tt.registry.get_target("checkout")
     assert (after.revision, str(after.plugin_ref), after.routes) == (3, V1, ())
 
+    # An open overview refreshes on its own: a release made meanwhile shows up in its count.
+    from turnout.web.app import REFRESH_SECONDS
+
+    page.goto(server + "/")
+    count = page.locator(f'section.card[data-target="checkout"] tr[data-version="{V1}"] td.num')
+    expect(count.first).to_have_text("4")
+    with world.handle() as tt:
+        tt.release("checkout", "dist/site.tar.gz", key="while-open", context={"customer": "acme"})
+    expect(count.first).to_have_text("5", timeout=(REFRESH_SECONDS + 10) * 1000)
+
 
 def test_browser_without_a_token_is_read_only(page: Page, world: World, tmp_path: Path) -> None:
     from playwright.sync_api import expect
