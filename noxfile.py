@@ -108,7 +108,7 @@ def demo(session: nox.Session) -> None:
     Uses a copy of registry.db.example in .demo/; the store is .demo/home and the release
     folders land in .demo/www.
     """
-    session.install(".")
+    session.install(".[web]")
     session.run("python", "demo/demo.py", *session.posargs)
 
 

@@ -1,21 +1,25 @@
 """The turnout demo: releases of a small site with the directory releaser, then two versions.
 
-Run through ``python3 noxfile.py -s demo``, which installs the core and the directory releaser
-into a fresh environment first. Everything it writes lands in ``.demo/`` at the repository root.
-Each step prints the command it runs, then what turnout said; a step with an unexpected exit
-code stops the demo. ``TURNOUT_DEMO_DIR`` moves ``.demo/`` elsewhere.
+Run through ``python3 noxfile.py -s demo``, which installs the core (with the dashboard) and
+the directory releaser into a fresh environment first. Everything it writes lands in
+``.demo/`` at the repository root. Each step prints the command it runs, then what turnout
+said; a step with an unexpected exit code stops the demo. ``TURNOUT_DEMO_DIR`` moves
+``.demo/`` elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(os.environ.get("TURNOUT_DEMO_DIR", ROOT / ".demo")).resolve()
@@ -234,6 +238,41 @@ def seeing(release_id: str) -> None:
     counted = {g["version"]: (g["releases"], g["failed"]) for g in stats["groups"]}
     if counted != {"directory@1.0.0": (3, 0), f"directory@{DEV}": (2, 0)}:
         sys.exit(f"demo: expected 3 releases by 1.0.0 and 2 by {DEV}, got {counted}")
+    dashboard(stats)
+
+
+def dashboard(stats: dict[str, Any]) -> None:
+    """The same numbers in the dashboard: serve it for a moment and read its API and overview."""
+    step("The dashboard: turnout serve, read-only on loopback; its /api/ answers as --json does")
+    command = [TURNOUT, "--db", str(DB), "serve", "--port", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "TURNOUT_SERVE_TOKEN"}
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        assert server.stderr is not None  # noqa: S101 - PIPE above
+        announced = server.stderr.readline()
+        print(f"$ turnout --db .demo/registry.db serve --port 0\n{announced.rstrip()}", flush=True)
+        found = re.search(r"(http://\S+?)/ ", announced)
+        if found is None:
+            sys.exit(f"demo: turnout serve did not start: {announced}{server.stderr.read()}")
+        url = found.group(1)
+        served = json.loads(_get(f"{url}/api/stats?by=version"))
+        if served["groups"] != stats["groups"]:
+            sys.exit(f"demo: /api/stats differs from stats --json: {served} vs {stats}")
+        print(f"GET {url}/api/stats?by=version: the same groups as turnout stats --json")
+        page = _get(f"{url}/")
+        if 'data-target="demo-site"' not in page:
+            sys.exit("demo: the overview does not show demo-site")
+        print(f"GET {url}/: the overview shows demo-site and its versions ({len(page)} bytes)")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print("\nTo look around: turnout --db .demo/registry.db serve, then open http://127.0.0.1:8000")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+        body: bytes = response.read()
+    return body.decode()
 
 
 if __name__ == "__main__":

@@ -1650,7 +1650,7 @@ def serve_command(ctx: click.Context, host: str, port: int, token_file: Path | N
 
 
 def _listen(host: str, port: int) -> Any:
-    """A socket bound to host:port, or a usage error that says what to change."""
+    """A socket listening on host:port, or a usage error that says what to change."""
     import socket
 
     listener = None
@@ -1659,6 +1659,7 @@ def _listen(host: str, port: int) -> Any:
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
+        listener.listen(2048)  # connections queue from now on, before the app has started
     except OSError as exc:
         if listener is not None:
             listener.close()
