@@ -85,7 +85,7 @@ def create_app(
     app = FastAPI(
         title="turnout",
         version=__version__,
-        docs_url="/api/docs",
+        docs_url=None,  # its page loads scripts from a CDN: the schema is enough
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
@@ -114,7 +114,8 @@ def create_app(
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("Cache-Control", "no-store")
+        if not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")  # live data
         return response
 
     @app.exception_handler(TurnoutError)
