@@ -233,7 +233,7 @@ def test_browser_overview_filter_release_and_rollback(
     rollback.locator('input[name="reason"]').fill("globex back on 1.0.0: 2.0.0 drops carts")
     rollback.get_by_role("button", name="Roll back to 1").click()
 
-    expect(page.locator("p.notice")).to_have_text("rolled back to revision 1")
+    expect(page.locator("p.notice")).to_have_text("rolled back: revision 3")
     expect(page.locator("h1")).to_contain_text("revision 3")
     expect(history).to_have_count(3)
     newest = page.locator('table.history tr[data-revision="3"]')

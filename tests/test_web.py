@@ -329,14 +329,16 @@ def test_page_writes_need_a_session_its_csrf_token_and_the_same_origin(
 
     done = client.post(
         "/targets/checkout/rollback",
-        data={**form, "csrf": csrf, "done": "rolled back"},
+        data={**form, "csrf": csrf},
         headers={"origin": str(client.base_url)},
         follow_redirects=False,
     )
     assert done.status_code == 303
-    assert done.headers["location"] == "/targets/checkout?done=rolled+back"
+    assert done.headers["location"] == "/targets/checkout?done=rollback&revision=3"
     page = client.get(done.headers["location"]).text
-    assert "rolled back" in page
+    assert "rolled back: revision 3" in page
+    spoof = client.get("/targets/checkout?done=Your+token+expired,+see+evil.example").text
+    assert "evil.example" not in spoof  # the notice is a fixed text
     assert page.count("<tr data-revision=") == 3
     latest = sqlite_world.cli_json("history", "checkout")[-1]
     assert (latest["revision"], latest["reason"]) == (3, "bad canary")

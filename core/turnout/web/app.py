@@ -158,9 +158,10 @@ def _add_pages(app: FastAPI, state: _State, page: _Renderer) -> None:
 
     @app.get("/targets/{name}", response_class=HTMLResponse, include_in_schema=False)
     def target_page(
-        request: Request, name: str, since: str = DEFAULT_WINDOW, done: str = ""
+        request: Request, name: str, since: str = DEFAULT_WINDOW, done: str = "", revision: int = 0
     ) -> Response:
-        return page(request, "target.html", state.target_context(name, since, done))
+        said = DONE[done].format(revision=revision) if done in DONE else ""
+        return page(request, "target.html", state.target_context(name, since, said))
 
     @app.get("/releases", response_class=HTMLResponse, include_in_schema=False)
     def releases_page(request: Request) -> Response:
@@ -216,15 +217,15 @@ def _add_actions(app: FastAPI, state: _State, page: _Renderer) -> None:
     async def act(request: Request, name: str, kind: str, data: dict[str, str]) -> Response:
         form = await state.checked_form(request)
         try:
-            await run_in_threadpool(CHANGES[kind], state.handle, name, form | data, request)
+            change = await run_in_threadpool(
+                CHANGES[kind], state.handle, name, form | data, request
+            )
         except TurnoutError as exc:
             context = await run_in_threadpool(state.target_context, name, DEFAULT_WINDOW, "")
             context["failure"] = str(exc)
             return page(request, "target.html", context, _status_of(exc))
-        done = form.get("done", "saved")
-        return RedirectResponse(
-            f"/targets/{_quote(name)}?{urlencode({'done': done})}", status_code=303
-        )
+        said = urlencode({"done": kind, "revision": change.target.revision})
+        return RedirectResponse(f"/targets/{_quote(name)}?{said}", status_code=303)
 
     @app.post("/targets/{name}/{kind}", include_in_schema=False)
     async def change_form(request: Request, name: str, kind: str) -> Response:
@@ -374,6 +375,14 @@ def _rollback(
     to_revision = _int(data.get("to_revision"), "to_revision")
     return handle.rollback(name, to_revision=to_revision, **_edit(data, request))
 
+
+DONE = {
+    "plugin": "default re-pointed: revision {revision}",
+    "routes": "route added: revision {revision}",
+    "remove-route": "route removed: revision {revision}",
+    "rollback": "rolled back: revision {revision}",
+}
+"""What the target page says after each change (a fixed text: a link cannot make it say more)."""
 
 CHANGES: dict[str, Change] = {
     "plugin": _repoint,
@@ -530,7 +539,7 @@ class _State:
             "history": history,
             "breakdowns": breakdowns,
             "window": since,
-            "done": done[:200],
+            "done": done,
             "failure": "",
             "installed": self._installed(spec.plugin_ref.plugin_id),
         }
