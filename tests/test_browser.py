@@ -271,6 +271,30 @@ def test_browser_without_a_token_is_read_only(page: Page, world: World, tmp_path
         page.goto("about:blank")  # no page left polling a server about to stop
 
 
+def test_browser_says_when_a_page_can_no_longer_refresh(
+    browser: Browser, world: World, tmp_path: Path
+) -> None:
+    """Not through the ``page`` fixture: the failed refreshes are what this test is about."""
+    from playwright.sync_api import expect
+
+    from turnout.web.app import REFRESH_SECONDS
+
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        with _serve(world, tmp_path, token=None) as url:
+            page.goto(url + "/")
+            stale = page.locator("#stale")
+            expect(page.locator('section.card[data-target="checkout"]')).to_be_visible()
+            expect(stale).to_be_hidden()
+        # The server has stopped; the next refresh fails and the page says so.
+        expect(stale).to_be_visible(timeout=(REFRESH_SECONDS + 10) * 1000)
+        expect(stale).to_contain_text("may be out of date")
+        expect(page.locator('section.card[data-target="checkout"]')).to_be_visible()
+    finally:
+        context.close()
+
+
 # The server ----------------------------------------------------------------------------------
 
 
