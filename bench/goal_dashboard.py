@@ -210,6 +210,7 @@ def _row(
         "plugin_version": ref.version,
         "artifact": f"dist/site-{number}.tar.gz",
         "context": context,
+        "customer": context["customer"],  # as Ledger.claim writes it
         "status": status.value,
         "attempts": attempts,
         "result": None if failed else {"ok": True, "url": f"https://{target}.example/{key}"},

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,40 @@ def test_db_models_and_migrations_agree(db_path: Path) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_migration_0008_copies_each_recorded_customer_into_its_column(
+    registry_url: str,
+) -> None:
+    """Releases recorded before 0008 keep their customer filterable: it is copied out of the
+    context, on SQLite and on PostgreSQL."""
+    from alembic import command
+
+    registry = Registry(registry_url)
+    with registry.engine.begin() as conn:  # the fixture migrated it: back to 0007
+        command.downgrade(_db._alembic_config(conn), "0007")
+    rows = [
+        {"id": f"r{i}", "context": context, "customer": None}
+        for i, context in enumerate([{"customer": "acme", "plan": "pro"}, {"plan": "free"}, {}])
+    ]
+    with registry.engine.begin() as conn:
+        for row in rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO releases (id, target, idempotency_key, fingerprint, plugin_id, "
+                    "plugin_version, artifact, context, status, attempts, started_at) VALUES "
+                    "(:id, 't', :id, 'f', 'echo', '1.0.0', 'a', :context, 'succeeded', 1, "
+                    ":at)"
+                ),
+                {"id": row["id"], "context": json.dumps(row["context"]), "at": datetime.now(UTC)},
+            )
+    _db.upgrade(registry.engine)
+    with registry.engine.connect() as conn:
+        found = dict(conn.execute(sa.text("SELECT id, customer FROM releases")).all())
+    assert found == {"r0": "acme", "r1": None, "r2": None}
+    registry.close()
+    with Turnout(registry_url) as tt:
+        assert [r.id for r in tt.ledger.recent(customer="acme")] == ["r0"]
 
 
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:

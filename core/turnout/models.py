@@ -129,6 +129,8 @@ class Release(SQLModel, table=True):
             "status",
             "finished_at",
         ),
+        # One customer's releases, newest first (--customer, the dashboard's drill-down).
+        Index("ix_releases_customer_started_at", "customer", "started_at"),
     )
 
     id: str = Field(primary_key=True)
@@ -139,6 +141,8 @@ class Release(SQLModel, table=True):
     plugin_version: str
     artifact: str
     context: dict[str, str] = _json()
+    customer: str | None = None
+    """The context's ``customer``, copied: indexed, where the context (JSON) cannot be."""
     status: str = Field(index=True)
     attempts: int
     result: dict[str, Any] | None = _json(nullable=True)

@@ -408,6 +408,7 @@ class Ledger:
             "plugin_version": plugin_ref.version,
             "artifact": artifact,
             "context": context,
+            "customer": context.get("customer"),
             "status": Status.RUNNING.value,
             "attempts": 1,
             "token": secrets.token_hex(8),
@@ -853,8 +854,8 @@ def _dimension(name: str) -> Any:
         return (TABLE.c.plugin_id + "@" + TABLE.c.plugin_version).label(name)
     if name == "plugin":
         return TABLE.c.plugin_id.label(name)
-    if name == "target":
-        return TABLE.c.target
+    if name in ("target", "customer"):
+        return TABLE.c[name]
     if name in DIMENSIONS:
         return TABLE.c.context[name].as_string().label(name)
     raise ValueError(f"cannot group by {name}; use {', '.join(DIMENSIONS)}")
@@ -902,7 +903,7 @@ def _filtered(
     elif plugin is not None:
         query = query.where(TABLE.c.plugin_id == plugin)
     if customer is not None:
-        query = query.where(TABLE.c.context["customer"].as_string() == customer)
+        query = query.where(TABLE.c.customer == customer)
     return query
 
 
