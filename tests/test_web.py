@@ -327,6 +327,18 @@ def test_page_writes_need_a_session_its_csrf_token_and_the_same_origin(
     assert "echo@9.9.9" in refused.text
     assert sqlite_world.revision() == 2
 
+    preview = client.post(
+        "/targets/checkout/rollback", data={"to_revision": "1", "dry_run": "1", "csrf": csrf}
+    )
+    assert preview.status_code == 200
+    assert "nothing was written" in preview.text
+    assert "This would write revision 3" in preview.text
+    moves = re.search(r'<table class="moves">(.*?)</table>', preview.text, re.S)
+    assert moves, "the preview lists who would move"
+    assert "<td>plain@0.1.0</td><td>echo@1.0.0</td>" in moves.group(1)
+    assert "globex" in moves.group(1)
+    assert sqlite_world.revision() == 2  # a preview writes nothing
+
     done = client.post(
         "/targets/checkout/rollback",
         data={**form, "csrf": csrf},

@@ -43,7 +43,7 @@ from turnout.errors import (
 )
 from turnout.models import utcnow
 from turnout.refs import PluginRef
-from turnout.registry import TargetChange
+from turnout.registry import TargetChange, changes
 from turnout.releases import ReleaseRecord, Status
 from turnout.routing import all_refs
 from turnout.runtime import Turnout
@@ -224,6 +224,10 @@ def _add_actions(app: FastAPI, state: _State, page: _Renderer) -> None:
             context = await run_in_threadpool(state.target_context, name, DEFAULT_WINDOW, "")
             context["failure"] = str(exc)
             return page(request, "target.html", context, _status_of(exc))
+        if change.dry_run:  # "Preview": what would change and who would move; nothing written
+            context = await run_in_threadpool(state.target_context, name, DEFAULT_WINDOW, "")
+            context["preview"] = _preview(change)
+            return page(request, "target.html", context)
         said = urlencode({"done": kind, "revision": change.target.revision})
         return RedirectResponse(f"/targets/{_quote(name)}?{said}", status_code=303)
 
@@ -732,15 +736,15 @@ def _same_origin(request: Request) -> None:
 
 def _edit(data: Mapping[str, Any], request: Request) -> dict[str, Any]:
     """The keyword arguments of :meth:`Turnout.edit_target` from a form or a JSON body."""
+    dry_run = data.get("dry_run") in (True, "true", "1", "on")
     reason = str(data.get("reason") or "").strip()
-    if not reason:
+    if not reason and not dry_run:
         raise UsageError("say why (reason): it is kept in the target's history")
-    dry_run = data.get("dry_run")
     return {
         "expect_revision": _int(data.get("expect_revision"), "expect_revision"),
         "reason": reason[:500],
         "actor": f"web:{request.client.host if request.client else 'unknown'}",
-        "dry_run": dry_run in (True, "true", "1", "on"),
+        "dry_run": dry_run,
     }
 
 
@@ -795,6 +799,17 @@ def _shares(spec: Any) -> dict[str, str]:
 def _version_order(line: VersionLine) -> tuple[bool, int, str]:
     """Live versions first, then the busiest."""
     return (not line.live, -line.releases, line.plugin_ref)
+
+
+def _preview(change: TargetChange) -> dict[str, Any]:
+    """A dry run for the target page: the fields it would change and its blast radius."""
+    before = change.before.snapshot() if change.before else None
+    return {
+        "changed": change.changed,
+        "revision": change.target.revision,
+        "changes": changes(before, change.target.snapshot()),
+        "moves": [move.to_dict() for move in change.moves or ()],
+    }
 
 
 def _rate(value: float | None) -> str:
