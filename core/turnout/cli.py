@@ -1307,18 +1307,9 @@ def _with_filters(command: Callable[..., Any], default_since: str | None) -> Cal
         customer: str | None,
         **kwargs: Any,
     ) -> Any:
-        from turnout.models import utcnow
-        from turnout.refs import PluginRef
-
-        plugin: PluginRef | str | None = plugin_ref
-        if plugin_ref is not None and "@" in plugin_ref:
-            plugin = PluginRef.parse(plugin_ref)
-        filters = {
-            "since": utcnow() - views.duration(since) if since else None,
-            "target": target_name,
-            "plugin": plugin,
-            "customer": customer,
-        }
+        filters = views.release_filters(
+            since=since, target=target_name, plugin=plugin_ref, customer=customer
+        )
         return command(*args, filters=filters, **kwargs)
 
     options = [
@@ -1470,11 +1461,10 @@ def stats_command(
     """
     from turnout import stats
 
-    dimensions = [name.strip() for value in by or ("version",) for name in value.split(",")]
     try:
+        dimensions = stats.dimensions(by)
         handle = _handle(ctx)
         handle.registry.ensure_schema()
-        stats.check_dimensions(dimensions)
         groups, total = stats.summarize(handle.ledger.outcomes(dimensions, **filters), dimensions)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -1487,14 +1477,13 @@ def stats_command(
 
     def row(group: stats.GroupStats, names: Sequence[str | None]) -> list[Any]:
         data = group.to_dict()
-        rate = data["error_rate"]
         return [
             *names,
             data["releases"],
             data["succeeded"],
             data["failed"],
             data["unknown"] + data["running"],
-            "" if rate is None else f"{rate:.1%}",
+            views.rate_text(data["error_rate"]),
             views.seconds_text(data["p50"]),
             views.seconds_text(data["p95"]),
             views.seconds_text(data["p99"]),

@@ -81,6 +81,10 @@ class Status(StrEnum):
 
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.RECONCILED})
+FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT})
+"""The terminal states an error rate counts as failed (over all terminal ones)."""
+RAN = frozenset({Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT})
+"""Ran to an outcome under one runner (not reconciled): the releases whose durations count."""
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     **{status: frozenset() for status in TERMINAL},
@@ -198,6 +202,8 @@ class TimelinePoint:
     """Failed or timed out."""
     ended: int
     """Succeeded, reconciled, failed or timed out (not running, not unknown)."""
+    ran: int
+    """Succeeded, failed or timed out: those :attr:`mean_seconds` is the mean of."""
     mean_seconds: float | None
     """Mean seconds from claim to outcome of those that ran to one (not reconciled)."""
 
@@ -705,15 +711,9 @@ class Ledger:
         start = math.floor(since.timestamp())
         bucket = ((_epoch(TABLE.c.started_at, dialect) - start) // width).label("bucket")
         # As turnout.stats counts: the rate is failed over ended; durations of those that ran.
-        failed = TABLE.c.status.in_([Status.FAILED.value, Status.TIMED_OUT.value])
-        ended = TABLE.c.status.in_(
-            [
-                s.value
-                for s in (Status.SUCCEEDED, Status.RECONCILED, Status.FAILED, Status.TIMED_OUT)
-            ]
-        )
-        ran = TABLE.c.status.in_(
-            [s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT)]
+        failed, ended, ran = (
+            TABLE.c.status.in_([status.value for status in states])
+            for states in (FAILURES, TERMINAL, RAN)
         )
         query = (
             sa.select(
@@ -724,6 +724,7 @@ class Ledger:
                 sa.func.count(),
                 sa.func.sum(sa.case((failed, 1), else_=0)),
                 sa.func.sum(sa.case((ended, 1), else_=0)),
+                sa.func.sum(sa.case((ran, 1), else_=0)),
                 sa.func.avg(sa.case((ran, _seconds(dialect)), else_=None)),
             )
             .where(TABLE.c.started_at >= since, TABLE.c.started_at < until)
@@ -741,9 +742,10 @@ class Ledger:
                 releases=int(count),
                 failed=int(failures or 0),
                 ended=int(done or 0),
+                ran=int(timed or 0),
                 mean_seconds=None if mean is None else float(mean),
             )
-            for name, plugin_id, version, index, count, failures, done, mean in rows
+            for name, plugin_id, version, index, count, failures, done, timed, mean in rows
         ]
 
     def contexts(self, target: str, *, since: datetime) -> list[dict[str, str]]:

@@ -15,13 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from turnout.releases import DIMENSIONS, Status
+from turnout.releases import DIMENSIONS, FAILURES, RAN, TERMINAL, Status
 
-__all__ = ["DIMENSIONS", "GroupStats", "percentile", "summarize"]
+__all__ = ["DIMENSIONS", "GroupStats", "dimensions", "percentile", "summarize"]
 
-_SUCCEEDED = frozenset({Status.SUCCEEDED.value, Status.RECONCILED.value})
-_FAILED = frozenset({Status.FAILED.value, Status.TIMED_OUT.value})
-_TIMED = frozenset({Status.SUCCEEDED.value, Status.FAILED.value, Status.TIMED_OUT.value})
+_SUCCEEDED = frozenset(status.value for status in TERMINAL - FAILURES)
+_FAILED = frozenset(status.value for status in FAILURES)
+_TIMED = frozenset(status.value for status in RAN)
 
 
 @dataclass(slots=True)
@@ -89,6 +89,18 @@ def percentile(ordered: Sequence[float], q: float) -> float | None:
     rank = (len(ordered) - 1) * q / 100
     low, high = math.floor(rank), math.ceil(rank)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def dimensions(values: Sequence[str]) -> list[str]:
+    """``--by`` values (each may list several, comma-separated) as dimensions; default
+    ``version``.
+
+    Raises:
+        ValueError: A dimension is not one of :data:`DIMENSIONS`.
+    """
+    by = [name.strip() for value in values or ("version",) for name in value.split(",")]
+    check_dimensions(by)
+    return by
 
 
 def check_dimensions(by: Sequence[str]) -> None:

@@ -103,6 +103,33 @@ def duration(text: str, option: str = "--since") -> timedelta:
     return timedelta(**{units[unit]: amount})
 
 
+def release_filters(
+    *,
+    since: str | None,
+    target: str | None,
+    plugin: str | None,
+    customer: str | None,
+    option: str = "--since",
+) -> dict[str, Any]:
+    """Release filters as people give them (CLI options, URL parameters) as the keyword
+    arguments of :meth:`Ledger.recent <turnout.releases.Ledger.recent>` and ``outcomes``: a
+    window back from now, a plugin id or an exact ``id@version``, a target, a customer."""
+    from turnout.models import utcnow
+    from turnout.refs import PluginRef
+
+    return {
+        "since": utcnow() - duration(since, option) if since else None,
+        "target": target or None,
+        "plugin": PluginRef.parse(plugin) if plugin and "@" in plugin else plugin or None,
+        "customer": customer or None,
+    }
+
+
+def rate_text(value: float | None) -> str:
+    """A rate as a percentage with one decimal; blank if there is none."""
+    return "" if value is None else f"{value:.1%}"
+
+
 def decision_text(decision: dict[str, Any]) -> str:
     """A decision record in one line: the version, and the rule that chose it."""
     why = f"{decision.get('rule')} at revision {decision.get('revision')}"

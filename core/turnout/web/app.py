@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -42,8 +42,7 @@ from turnout.errors import (
     UsageError,
 )
 from turnout.models import utcnow
-from turnout.refs import PluginRef
-from turnout.registry import TargetChange, changes
+from turnout.registry import TargetChange, TargetSpec, changes
 from turnout.releases import ReleaseRecord, Status
 from turnout.routing import all_refs
 from turnout.runtime import Turnout
@@ -94,7 +93,7 @@ def create_app(
     state = _State(handle, token)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["seconds"] = views.seconds_text
-    templates.env.filters["rate"] = _rate
+    templates.env.filters["rate"] = views.rate_text
     templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True)
     templates.env.filters["when"] = _when
     templates.env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
@@ -286,19 +285,10 @@ def _add_api(app: FastAPI, state: _State) -> None:
         """``turnout stats --json``: ``by`` (repeatable or comma-separated; default version),
         ``since`` (default 1h), ``target``, ``plugin``, ``customer``."""
         params = request.query_params
-        by = [n.strip() for v in params.getlist("by") or ["version"] for n in v.split(",")]
-        query = _ReleaseQuery.from_params(params, since=DEFAULT_WINDOW)
-        filters = query.filters()
+        filters = _ReleaseQuery.from_params(params, since=DEFAULT_WINDOW).release_filters()
         try:
-            stats.check_dimensions(by)
-            rows = state.handle.ledger.outcomes(
-                by,
-                since=filters["since"],
-                target=filters["target"],
-                plugin=filters["plugin"],
-                customer=filters["customer"],
-            )
-            groups, total = stats.summarize(rows, by)
+            by = stats.dimensions(params.getlist("by"))
+            groups, total = stats.summarize(state.handle.ledger.outcomes(by, **filters), by)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return views.stats(by, groups, total)
@@ -412,8 +402,10 @@ class VersionLine:
     releases: int = 0
     failed: int = 0
     ended: int = 0
+    ran: int = 0
+    """Releases that ran to an outcome here: what :attr:`mean_seconds` averages."""
     seconds: float = 0.0
-    timed: int = 0
+    """Their durations, summed."""
     errors: list[float | None] = field(default_factory=lambda: [None] * BUCKETS)
     latency: list[float | None] = field(default_factory=lambda: [None] * BUCKETS)
 
@@ -423,7 +415,7 @@ class VersionLine:
 
     @property
     def mean_seconds(self) -> float | None:
-        return self.seconds / self.timed if self.timed else None
+        return self.seconds / self.ran if self.ran else None
 
     def error_chart(self) -> Any:
         return charts.bars(self.errors, ceiling=1.0, label=f"error rate of {self.plugin_ref}")
@@ -482,24 +474,20 @@ class _State:
             raise NotFoundError(f"no release {release_id!r}; list them at /releases")
         return record
 
-    def overview(self, since: str, target: str | None = None) -> dict[str, Any]:
-        window = views.duration(since, "since")
+    def overview(self, since: str, spec: TargetSpec | None = None) -> dict[str, Any]:
+        """Every target's versions over the window (or one target's: ``spec``)."""
         until = utcnow()
-        start = until - window
-        specs = (
-            [self.handle.registry.get_target(target)]
-            if target
-            else self.handle.registry.list_targets()
-        )
+        start = until - views.duration(since, "since")
+        specs = [spec] if spec is not None else self.handle.registry.list_targets()
         points = self.handle.ledger.timeline(
-            since=start, until=until, buckets=BUCKETS, target=target
+            since=start, until=until, buckets=BUCKETS, target=spec.name if spec else None
         )
         lines: dict[str, dict[str, VersionLine]] = {}
-        for spec in specs:
-            shares = _shares(spec)
-            lines[spec.name] = {
+        for each in specs:
+            shares = _shares(each)
+            lines[each.name] = {
                 str(ref): VersionLine(str(ref), True, shares.get(str(ref), ""))
-                for ref in all_refs(spec)
+                for ref in all_refs(each)
             }
         for point in points:
             by_version = lines.setdefault(point.target, {})
@@ -512,10 +500,9 @@ class _State:
             line.errors[point.bucket] = point.error_rate
             if point.mean_seconds is not None:
                 line.latency[point.bucket] = point.mean_seconds
-                ran = point.ended or point.releases
-                line.seconds += point.mean_seconds * ran
-                line.timed += ran
-        known = {spec.name: views.target(spec) for spec in specs}
+                line.seconds += point.mean_seconds * point.ran
+                line.ran += point.ran
+        known = {each.name: views.target(each) for each in specs}
         cards = [
             TargetCard(
                 known.get(name, {"name": name, "removed": True}),
@@ -528,16 +515,13 @@ class _State:
     def target_context(self, name: str, since: str, done: str) -> dict[str, Any]:
         spec = self.handle.registry.get_target(name)
         history = list(reversed(views.history(self.handle.registry, name)))
-        window = views.duration(since, "since")
-        start = utcnow() - window
+        overview = self.overview(since, spec)
         breakdowns = {}
         for dimension in ("version", "customer"):
-            rows = self.handle.ledger.outcomes([dimension], since=start, target=name)
+            rows = self.handle.ledger.outcomes([dimension], since=overview["since"], target=name)
             groups, _ = stats.summarize(rows, [dimension])
             breakdowns[dimension] = [group.to_dict() for group in groups]
-        overview = self.overview(since, target=name)
         return {
-            "spec": spec,
             "target": views.target(spec),
             "card": overview["cards"][0] if overview["cards"] else None,
             "history": history,
@@ -649,18 +633,20 @@ class _ReleaseQuery:
             raise UsageError("limit must be between 1 and 100000")
         return query
 
+    def release_filters(self) -> dict[str, Any]:
+        """The window, target, plugin and customer, as ``Ledger.outcomes`` takes them."""
+        return views.release_filters(
+            since=self.since,
+            target=self.target,
+            plugin=self.plugin,
+            customer=self.customer,
+            option="since",
+        )
+
     def filters(self) -> dict[str, Any]:
-        plugin: PluginRef | str | None = self.plugin or None
-        if self.plugin and "@" in self.plugin:
-            plugin = PluginRef.parse(self.plugin)
-        return {
-            "since": utcnow() - views.duration(self.since, "since") if self.since else None,
-            "target": self.target or None,
-            "plugin": plugin,
-            "customer": self.customer or None,
-            "statuses": [Status(s) for s in self.statuses] or None,
-            "limit": self.limit,
-        }
+        """All of them, with the statuses and the limit, as ``Ledger.recent`` takes them."""
+        statuses = [Status(s) for s in self.statuses] or None
+        return {**self.release_filters(), "statuses": statuses, "limit": self.limit}
 
     def url(self, **changes: Any) -> str:
         """This query's page URL, with some filters changed."""
@@ -778,12 +764,10 @@ def _local(path: str) -> str:
 
 
 def _quote(name: str) -> str:
-    from urllib.parse import quote
-
     return quote(name, safe="")
 
 
-def _shares(spec: Any) -> dict[str, str]:
+def _shares(spec: TargetSpec) -> dict[str, str]:
     """How a target's routing uses each version, in words."""
     uses: dict[str, list[str]] = {str(spec.plugin_ref): ["default"]}
     for route in spec.routes:
@@ -810,10 +794,6 @@ def _preview(change: TargetChange) -> dict[str, Any]:
         "changes": changes(before, change.target.snapshot()),
         "moves": [move.to_dict() for move in change.moves or ()],
     }
-
-
-def _rate(value: float | None) -> str:
-    return "" if value is None else f"{value:.1%}"
 
 
 def _when(value: datetime | str | None) -> str:
