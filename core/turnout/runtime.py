@@ -91,7 +91,10 @@ REPLAY_STATUSES = (Status.FAILED, Status.TIMED_OUT, Status.UNKNOWN)
 ACTOR_ENV = "TURNOUT_ACTOR"
 LEASE_ENV = "TURNOUT_LEASE_SECONDS"
 OUTPUT_LIMIT = 64 << 10
-ROUTING_RETRIES = 5
+ROUTING_RETRIES = 20
+"""How often a release resolves again when its target changed between reading and claiming:
+as often as an edit retries (EDIT_RETRIES), so a release racing a burst of edits (8 runners
+setting one target at once: up to 7 land under it) gets through instead of answering 75."""
 EDIT_RETRIES = 20
 PLAN_HISTORY = timedelta(days=30)
 
