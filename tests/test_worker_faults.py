@@ -304,6 +304,19 @@ def test_worker_after_a_crash_answers_clean_failures_and_results(
     assert record.result["mode"] == "ok"
 
 
+def test_worker_output_of_each_call_goes_to_its_own_release(tt: Turnout, faults: Faults) -> None:
+    # One warm worker answers every call; what it printed during each call is that call's.
+    faults.install(tt, "crash")
+    pids = set()
+    for n in range(1, 6):
+        tt.set_target("talk", f"crash@{VERSION}", config={"mode": "ok", "say": f"call {n}"})
+        record = tt.release("talk", "a.tgz", key=f"talk-{n}")
+        assert record.result is not None
+        pids.add(record.result["pid"])
+        assert record.output == f"--- attempt 1 ---\nstdout: call {n}\nstderr: call {n}\n"
+    assert len(pids) == 1
+
+
 # F5: floods ---------------------------------------------------------------------------------
 
 
