@@ -295,6 +295,9 @@ def test_reused_key_is_traced_as_reused_and_not_counted_again(
     assert only(exported.points("turnout.release.duration"))[1].count == 1
 
 
+LABELS = ("turnout.target", "turnout.plugin.id", "turnout.plugin.version")
+
+
 def test_refused_releases_are_traced_as_refused(
     tt: Turnout, exported: Exported, calls_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,12 +323,16 @@ def test_refused_releases_are_traced_as_refused(
     assert exported.spans("turnout.attempt") == []
     assert read_lines(calls_file) == []
     # Counted as refused (a setup problem to alert on); nothing ran, so no duration.
+    # Labelled by the version the routing had chosen, when it had chosen one.
     counted = {
-        (point.attributes["turnout.target"], point.attributes["turnout.plugin.id"]): point.value
+        tuple(point.attributes[name] for name in LABELS): point.value
         for _, point in exported.points("turnout.releases")
         if point.attributes["turnout.outcome"] == "refused"
     }
-    assert counted == {("nowhere", ""): 1, ("site", ""): 1}
+    assert counted == {("nowhere", "", ""): 1, ("site", "echo", "1.0.0"): 1}
+    assert unset.attributes["turnout.plugin.id"] == "echo"
+    assert unset.attributes["turnout.plugin.version"] == "1.0.0"
+    assert "turnout.plugin.id" not in unknown.attributes
     assert exported.points("turnout.release.duration") == []
 
 

@@ -88,9 +88,14 @@ class InvalidKeyError(UsageError):
 
 
 class ConfigurationError(TurnoutError):
-    """The registry or the installed plugins are set up wrong; retrying will not help."""
+    """The registry or the installed plugins are set up wrong; retrying will not help.
+
+    ``plugin_ref`` names the plugin version concerned, when there is one: the version the
+    error is about, or the version the routing had chosen for the release it refused.
+    """
 
     exit_code = EXIT_CONFIG
+    plugin_ref: str | None = None
 
 
 class UnknownTargetError(ConfigurationError, LookupError):

@@ -228,7 +228,7 @@ class Turnout:
             if record is not None and not record.reused:
                 self.telemetry.count(record)
             elif refused is not None:  # the setup is wrong here: worth an alert
-                self.telemetry.count_refused(target, getattr(refused, "plugin_ref", ""))
+                self.telemetry.count_refused(target, refused.plugin_ref or "")
 
     def _release(
         self,
@@ -250,7 +250,9 @@ class Turnout:
                     self._validate(releaser, spec, ref)
                     self._validated.add((spec.name, spec.revision, ref))
                 config, secrets = _secrets.resolve(spec.config)
-            except ConfigurationError:
+            except ConfigurationError as refused:
+                if refused.plugin_ref is None:  # a secret, say: the version is still this one
+                    refused.plugin_ref = str(ref)
                 # A key that was already released still answers with its outcome.
                 earlier = self.ledger.find(spec.name, key)
                 if earlier is None or not earlier.status.terminal or earlier.fingerprint != print_:
@@ -1150,10 +1152,8 @@ def _observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | Non
     if not span.is_recording():
         return
     if record is not None:
-        plugin_id, _, version = record.plugin_ref.rpartition("@")
         attributes: dict[str, Any] = {
-            telemetry.PLUGIN_ID: plugin_id,
-            telemetry.PLUGIN_VERSION: version,
+            **telemetry.plugin_attributes(record.plugin_ref),
             telemetry.RELEASE_ID: record.id,
             telemetry.OUTCOME: "reused" if record.reused else record.status.value,
         }
@@ -1166,7 +1166,10 @@ def _observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | Non
             span, record.error_type or record.status.value, record.error or record.status.value
         )
     elif error is not None:
-        span.set_attribute(telemetry.OUTCOME, "refused")
+        refused = {telemetry.OUTCOME: "refused"}
+        if isinstance(error, ConfigurationError) and error.plugin_ref:
+            refused |= telemetry.plugin_attributes(error.plugin_ref)
+        span.set_attributes(refused)
         telemetry.fail(span, qualified_name(type(error)), str(error))
 
 

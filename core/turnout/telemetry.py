@@ -114,14 +114,20 @@ class Telemetry:
             self.duration.record(duration, labels)
 
     def count_refused(self, target: str, plugin_ref: str) -> None:
-        """Count a release refused for a configuration error (outcome ``refused``); the plugin
-        labels are empty when the error names no plugin version (an unknown target, say)."""
+        """Count a release refused for a configuration error (outcome ``refused``), labelled
+        by the version the routing had chosen; empty labels when it had none (an unknown
+        target)."""
         self.releases.add(1, _labels(target, plugin_ref, "refused"))
 
 
-def _labels(target: str, plugin_ref: str, outcome: str) -> dict[str, str]:
+def plugin_attributes(plugin_ref: str) -> dict[str, Any]:
+    """``turnout.plugin.id`` and ``turnout.plugin.version`` of ``plugin_ref`` (empty: ``""``)."""
     plugin_id, _, version = plugin_ref.rpartition("@")
-    return {TARGET: target, PLUGIN_ID: plugin_id, PLUGIN_VERSION: version, OUTCOME: outcome}
+    return {PLUGIN_ID: plugin_id, PLUGIN_VERSION: version}
+
+
+def _labels(target: str, plugin_ref: str, outcome: str) -> dict[str, Any]:
+    return {TARGET: target, **plugin_attributes(plugin_ref), OUTCOME: outcome}
 
 
 class Current:
