@@ -31,6 +31,7 @@ import turnout.celery as turnout_celery
 from turnout import InvalidKeyError, Status, Turnout, UsageError, runtime
 from turnout.releases import TERMINAL, Claim, fingerprint
 from turnout.retries import task_countdown
+from turnout.store import InstallRequest
 
 pytestmark = pytest.mark.usefixtures("plugin_site")
 
@@ -187,6 +188,45 @@ def test_celery_task_refusals_fail_without_retry(
     assert type(other.result).__name__ == "KeyMismatchError"
     assert countdowns == []
     assert len(read_calls(calls_file)) == 1
+
+
+def test_celery_task_retries_while_this_machine_lacks_the_version_and_runs_it_once_synced(
+    task: Any,
+    registry_url: str,
+    wheelhouse: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The operator's machine installed echo 2.0.0 and routed to it; this worker's machine
+    # (another store) has not synced yet. Its task waits, and runs once the machine has.
+    operator = Turnout(registry_url, home=tmp_path / "operator-home")
+    wheel = next(wheelhouse.glob("turnout_echo-2.0.0-*.whl"))
+    operator.install_plugin(
+        InstallRequest(spec=str(wheel), find_links=[str(wheelhouse)], no_index=True)
+    )
+    calls = tmp_path / "calls.jsonl"
+    operator.set_target("site", "echo@2.0.0", config={"calls": str(calls)}, reason="for all")
+    worker_home = tmp_path / "worker-home"
+    monkeypatch.setenv("TURNOUT_HOME", str(worker_home))
+    refused: list[int] = []
+
+    def countdown(retries: int) -> float:
+        refused.append(retries)
+        if retries == 1:  # the machine runs `turnout plugin sync` meanwhile
+            with Turnout(registry_url, home=worker_home) as machine:
+                (synced,) = machine.sync_plugins(find_links=[str(wheelhouse)])
+                assert synced.status == "installed"
+        return 0.0
+
+    monkeypatch.setattr(turnout_celery, "task_countdown", countdown)
+    result = apply(task, registry_url, "k1")
+    assert result.state == "SUCCESS"
+    assert refused == [0, 1]  # two refusals, nothing recorded for them
+    assert result.result["plugin_ref"] == "echo@2.0.0"
+    assert result.result["attempts"] == 1
+    assert [call["key"] for call in read_calls(calls)] == ["k1"]
+    assert len(operator.ledger.recent()) == 1
+    operator.close()
 
 
 def test_celery_task_retries_with_backoff_while_the_key_is_held_elsewhere(

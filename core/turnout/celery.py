@@ -28,12 +28,14 @@ Outcomes map onto Celery like this:
 - not decided yet — failed transiently after the target's own attempts (the next try resumes
   the same release with the same key and a fresh attempt budget), the key is held by a live
   runner elsewhere, the registry cannot be reached, the routing moved under every try, another
-  runner took the release over: the task is retried with exponential backoff
-  (:func:`turnout.retries.task_countdown`), up to ``max_retries``;
+  runner took the release over, the plugin version is not installed on this machine (yet: a
+  ``turnout plugin sync`` here, or another worker that has it, will run it): the task is
+  retried with exponential backoff (:func:`turnout.retries.task_countdown`), up to
+  ``max_retries``;
 - decided — failed permanently, timed out (its last call was cut off and may have deployed),
   ``unknown`` (a human or the plugin's probe must say; ``turnout reconcile``), replayed, or
-  refused (unknown target, plugin version not installed, config rejected, key reused for
-  another request): the task fails and is not retried.
+  refused for any other reason (unknown target, config rejected, key reused for another
+  request): the task fails and is not retried.
 
 Messages are acknowledged late and rejected back to the queue when the worker process dies
 mid-task, so a killed worker's releases run again elsewhere; the registry's claim, lease and
@@ -64,6 +66,7 @@ from turnout import runtime, telemetry
 from turnout.errors import (
     EXIT_TEMPFAIL,
     ConfigurationError,
+    PluginNotInstalledError,
     ReleaseFailedError,
     ReleaseUnknownError,
     TransientReleaseError,
@@ -88,13 +91,17 @@ def decided(exc: TurnoutError) -> bool:
 
     Not decided, so worth a retry later: a transient failure this call recorded (asking again
     with the same key resumes it), and the other temporary failures (in progress elsewhere,
-    registry unavailable, routing moved, lease lost). Decided: every other recorded outcome
-    (permanent failure, timed out, ``unknown``, a failure found recorded and not resumed)
-    and every refusal.
+    registry unavailable, routing moved, lease lost), and a plugin version this machine does
+    not have: in a fleet, machines install a newly routed version with ``turnout plugin sync``
+    one after another, and until then another worker, or this one later, can run it.
+    Decided: every other recorded outcome (permanent failure, timed out, ``unknown``, a
+    failure found recorded and not resumed) and every other refusal.
     """
     if isinstance(exc, TransientReleaseError) and not isinstance(exc, ReleaseUnknownError):
         record = exc.release
         return record.reused or record.status is not Status.FAILED
+    if isinstance(exc, PluginNotInstalledError):
+        return False
     return isinstance(exc, ReleaseFailedError) or exc.exit_code != EXIT_TEMPFAIL
 
 
