@@ -14,14 +14,17 @@ from helpers import read_calls
 from turnout import Status, Turnout
 from turnout.cli import cli
 from turnout.errors import (
+    KeyMismatchError,
     LeaseLostError,
     ReleaseFailedError,
     ReleaseInProgressError,
     ReleaseUnknownError,
+    TransientReleaseError,
     UsageError,
 )
 from turnout.models import utcnow
 from turnout.releases import Claim, Ledger, fingerprint
+from turnout.store import InstallRequest
 
 pytestmark = pytest.mark.usefixtures("plugin_site")
 
@@ -44,6 +47,8 @@ def dead_runner_claim(tt: Turnout, target: str, artifact: str, key: str) -> Clai
         plugin_ref=spec.plugin_ref,
         artifact=artifact,
         context={},
+        decision=tt.resolve(target).record(),
+        revision=spec.revision,
     )
     assert isinstance(claim, Claim)
     return claim
@@ -190,6 +195,95 @@ def test_idempotency_heartbeat_keeps_a_long_release_alive(tt: Turnout) -> None:
 
 
 # Replay -----------------------------------------------------------------------------------
+
+
+# C8: the routing moves after a key was claimed ------------------------------------------------
+
+
+@pytest.fixture
+def moving(db_path: Path, wheelhouse: Path, tmp_path: Path) -> Any:
+    """A handle whose store has echo 2.0.0 (turnout's own environment has echo 1.0.0)."""
+    with Turnout(str(db_path), home=tmp_path / "home", sleep=lambda _s: None) as handle:
+        wheel = next(wheelhouse.glob("turnout_echo-2.0.0-*.whl"))
+        handle.install_plugin(
+            InstallRequest(spec=str(wheel), find_links=[str(wheelhouse)], no_index=True)
+        )
+        yield handle
+
+
+def move_to_2(tt: Turnout, calls_file: Path) -> None:
+    tt.set_target(
+        "site",
+        "echo@2.0.0",
+        config={"calls": str(calls_file), "sleep": 0},  # another version and another config
+        isolation="process",
+        max_attempts=3,
+        reason="2.0.0 now",
+    )
+
+
+def test_c8_a_key_asked_again_after_the_routing_moved_answers_with_its_release(
+    moving: Turnout, calls_file: Path
+) -> None:
+    tt = moving
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file)}, isolation="inline")
+    first = tt.release("site", "a.tgz", key="k1")
+    move_to_2(tt, calls_file)
+    again = tt.release("site", "a.tgz", key="k1")  # a redelivered message, say
+    assert (again.id, again.reused, again.plugin_ref) == (first.id, True, "echo@1.0.0")
+    assert again.exit_code == 0
+    with pytest.raises(KeyMismatchError) as other:  # what the caller asks still counts
+        tt.release("site", "b.tgz", key="k1")
+    assert other.value.differs == ["artifact"]
+    assert tt.release("site", "a.tgz", key="k2").plugin_ref == "echo@2.0.0"
+    assert [(c["key"], c["version"]) for c in read_calls(calls_file)] == [
+        ("k1", "1.0.0"),
+        ("k2", "2.0.0"),
+    ]
+
+
+def test_c8_a_transient_failure_resumed_after_the_routing_moved_stays_on_its_version(
+    moving: Turnout, calls_file: Path
+) -> None:
+    tt = moving
+    failing = {"calls": str(calls_file), "fail_with": "connection", "fail_times": 2}
+    tt.set_target("site", "echo@1.0.0", config=failing, isolation="inline", max_attempts=1)
+    with pytest.raises(TransientReleaseError):
+        tt.release("site", "a.tgz", key="k1")
+    move_to_2(tt, calls_file)
+    with pytest.raises(TransientReleaseError):  # attempt 2: revision 1's config still fails
+        tt.release("site", "a.tgz", key="k1")
+    record = tt.release("site", "a.tgz", key="k1")
+    assert (record.status, record.attempts, record.plugin_ref) == (
+        Status.SUCCEEDED,
+        3,
+        "echo@1.0.0",
+    )
+    assert record.decision is not None
+    assert record.decision["revision"] == 1
+    assert [(c["key"], c["attempt"], c["version"]) for c in read_calls(calls_file)] == [
+        ("k1", 1, "1.0.0"),
+        ("k1", 2, "1.0.0"),
+        ("k1", 3, "1.0.0"),
+    ]
+
+
+def test_c8_a_takeover_after_the_routing_moved_reconciles_on_the_claimed_version(
+    moving: Turnout, calls_file: Path
+) -> None:
+    tt = moving
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file)}, isolation="inline")
+    claim = dead_runner_claim(tt, "site", "a.tgz", "k1")
+    move_to_2(tt, calls_file)
+    (settled,) = tt.reconcile()
+    assert settled.error is None
+    after = settled.record
+    assert after is not None
+    # The probe (1.0.0's) found no call, so 1.0.0 was called again with the same key.
+    assert (after.id, after.status, after.plugin_ref) == (claim.id, Status.SUCCEEDED, "echo@1.0.0")
+    assert read_calls(calls_file) == [
+        {"key": "k1", "attempt": 2, "version": "1.0.0", "target": "site"}
+    ]
 
 
 def test_replay_reruns_failures_under_the_new_mapping_once(tt: Turnout, calls_file: Path) -> None:

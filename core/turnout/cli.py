@@ -1272,7 +1272,8 @@ def release_command(
 
     Transient errors are retried with the same key; a second call with the same key and the
     same request prints the recorded outcome and runs nothing, except after a transient
-    failure (exit 75), which it resumes: more attempts, same key.
+    failure (exit 75), which it resumes: more attempts, same key, same plugin version, even if
+    the target was re-pointed since (turnout replay moves a release to the version in force).
     """
     from turnout.errors import ReleaseFailedError
 

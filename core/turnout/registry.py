@@ -8,7 +8,7 @@ transaction, and nothing in that history is ever updated or deleted. Callers val
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,6 +44,21 @@ class TargetSpec:
     revision: int
     idempotent: bool = False
     routes: tuple[Route, ...] = ()
+
+    @classmethod
+    def from_snapshot(cls, name: str, revision: int, snapshot: Mapping[str, Any]) -> TargetSpec:
+        """The target that a revision history entry (:meth:`snapshot`) describes."""
+        return cls(
+            name=name,
+            plugin_ref=PluginRef.parse(snapshot["plugin"]),
+            config=dict(snapshot["config"]),
+            max_attempts=snapshot["max_attempts"],
+            timeout=snapshot["timeout"],
+            isolation=snapshot.get("isolation", DEFAULT_ISOLATION),
+            idempotent=bool(snapshot.get("idempotent")),
+            revision=revision,
+            routes=parse_routes(snapshot.get("routes")),
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """The target as stored in its revision history: its whole routing."""
@@ -326,6 +341,18 @@ class Registry:
                 )
             )
         return spec
+
+    def target_at(self, name: str, revision: int) -> TargetSpec | None:
+        """The target as it was at ``revision`` (``None``: no such revision, or it removed the
+        target)."""
+        with self.session() as s:
+            query = select(TargetRevision).where(
+                TargetRevision.target == name, TargetRevision.revision == revision
+            )
+            row = s.exec(query).first()
+        if row is None or row.snapshot is None:
+            return None
+        return TargetSpec.from_snapshot(name, revision, row.snapshot)
 
     def target_history(self, name: str) -> list[TargetRevision]:
         """Every revision of a target, oldest first."""

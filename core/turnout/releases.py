@@ -162,7 +162,9 @@ def fingerprint(
     config: Mapping[str, Any],
     context: Mapping[str, str],
 ) -> str:
-    """A canonical digest of a release request: the same request always has the same one."""
+    """A canonical digest of a release as claimed: the request (target, artifact, context) and
+    what the routing chose for it (the version, the target's config). The same claim always
+    has the same one; :meth:`Ledger.claim` tells a new request from a change of routing."""
     canonical = json.dumps(
         {
             "target": target,
@@ -303,6 +305,20 @@ class ReleaseRecord:
         )
 
 
+class RoutedSinceError(Exception):
+    """The key's release is the same request, claimed under routing that has changed since,
+    and it is to go on (a transient failure to resume, or a takeover): on the version and the
+    target revision its claim recorded, not on the routing in force now.
+
+    Raised by :meth:`Ledger.claim` instead of claiming; nothing was written. The caller loads
+    that version and revision and claims again with the release's own fingerprint.
+    """
+
+    def __init__(self, record: ReleaseRecord) -> None:
+        self.record = record
+        super().__init__(f"release {record.id} was claimed under {record.plugin_ref}")
+
+
 class RoutingMovedError(Exception):
     """The target's routing is no longer at the revision a release was resolved under.
 
@@ -400,9 +416,13 @@ class Ledger:
             already ended: nothing is to run.
 
         Raises:
-            KeyMismatchError: The key was used for a different request.
+            KeyMismatchError: The key was used for a different request (another artifact or
+                context).
             ReleaseInProgressError: The key's release is held under a live lease.
             RoutingMovedError: The target is no longer at ``revision``; nothing was written.
+            RoutedSinceError: The same request, claimed under other routing, is to go on (a
+                resumption or a takeover): on its own version and revision; nothing was
+                written. (Ended, it answers with its record, as a same claim does.)
         """
         now = self.clock()
         values: dict[str, Any] = {
@@ -437,8 +457,13 @@ class Ledger:
         if existing is None:  # pragma: no cover - a conflict means the row exists
             raise RuntimeError(f"claim on {target}/{key} conflicted but no row was found")
         if existing["fingerprint"] != fingerprint:
-            differs = _differences(existing, plugin_ref, artifact, context)
-            raise KeyMismatchError(target, key, existing["id"], differs)
+            differs = _differences(existing, artifact, context)
+            if differs:
+                raise KeyMismatchError(target, key, existing["id"], differs)
+            # The same request; only the routing (the version or the config) moved since.
+            if Status(existing["status"]).terminal and not resumable(existing):
+                return ReleaseRecord.from_row(existing, reused=True)
+            raise RoutedSinceError(ReleaseRecord.from_row(existing))
         return self._take_over(existing, now)
 
     @staticmethod
@@ -950,14 +975,15 @@ def _as_row(values: dict[str, Any]) -> dict[str, Any]:
     return {**_ROW_DEFAULTS, **values}
 
 
-def _differences(
-    row: RowMapping, plugin_ref: PluginRef, artifact: str, context: dict[str, str]
-) -> list[str]:
+def _differences(row: RowMapping, artifact: str, context: dict[str, str]) -> list[str]:
+    """What the caller asked differently from the key's release (the target is the same).
+
+    The version and the config are not the caller's: they are what the routing chose when the
+    key was claimed, and a change of routing since does not make another request.
+    """
     differs = []
     if row["artifact"] != artifact:
         differs.append("artifact")
-    if (row["plugin_id"], row["plugin_version"]) != (plugin_ref.plugin_id, plugin_ref.version):
-        differs.append("plugin version")
     if dict(row["context"]) != context:
         differs.append("context")
-    return differs or ["config"]
+    return differs

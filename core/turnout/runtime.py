@@ -35,6 +35,7 @@ from turnout._serve import MalformedResultError, qualified_name
 from turnout.errors import (
     ConfigRejectedError,
     ConfigurationError,
+    KeyMismatchError,
     LeaseLostError,
     PluginInstallError,
     PluginNotInstalledError,
@@ -61,6 +62,7 @@ from turnout.releases import (
     Claim,
     Ledger,
     ReleaseRecord,
+    RoutedSinceError,
     RoutingMovedError,
     Status,
     fingerprint,
@@ -76,7 +78,6 @@ from turnout.routing import (
     all_refs,
     blast_radius,
     find_route,
-    parse_routes,
     split_salt,
     with_route,
     without_route,
@@ -276,9 +277,63 @@ class Turnout:
                     raise UnknownTargetError(spec.name) from None
                 stale = StaleRevisionError(spec.name, spec.revision, moved.revision)
                 continue
+            except RoutedSinceError as since:
+                return self._release_as_claimed(since.record, artifact, key, ctx)
             break
         else:
             raise stale  # the routing changed under every try: let the runner retry later
+        return self._go_on(outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
+
+    def _release_as_claimed(
+        self, record: ReleaseRecord, artifact: str, key: str, ctx: dict[str, str]
+    ) -> ReleaseRecord:
+        """Go on with a release claimed under routing that has changed since (a transient
+        failure asked again, or a takeover), on the version and the target revision its claim
+        recorded: a release keeps the version it claimed, whatever the routing says now.
+        ``turnout replay`` is what moves a release to the version in force."""
+        revision = (record.decision or {}).get("revision")
+        spec = None if revision is None else self.registry.target_at(record.target, revision)
+        ref = PluginRef.parse(record.plugin_ref)
+        if spec is None or fingerprint(spec.name, artifact, ref, spec.config, ctx) != (
+            record.fingerprint
+        ):
+            raise KeyMismatchError(
+                record.target, key, record.id, [f"routing, whose revision {revision} is gone"]
+            )
+        try:
+            releaser = self._releaser(ref, spec.isolation)
+            if (spec.name, spec.revision, ref) not in self._validated:
+                self._validate(releaser, spec, ref)
+                self._validated.add((spec.name, spec.revision, ref))
+            config, secrets = _secrets.resolve(spec.config)
+        except ConfigurationError as refused:
+            if refused.plugin_ref is None:
+                refused.plugin_ref = str(ref)
+            raise
+        outcome = self.ledger.claim(
+            target=spec.name,
+            key=key,
+            fingerprint=record.fingerprint,
+            plugin_ref=ref,
+            artifact=artifact,
+            context=ctx,
+            decision=record.decision,
+        )
+        return self._go_on(outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
+
+    def _go_on(
+        self,
+        outcome: Claim | ReleaseRecord,
+        spec: TargetSpec,
+        releaser: Releaser,
+        secrets: list[str],
+        artifact: str,
+        config: dict[str, Any],
+        ctx: dict[str, str],
+        key: str,
+        ref: PluginRef,
+    ) -> ReleaseRecord:
+        """What a claim answered: a record (nothing runs), or a release to run or take over."""
         if isinstance(outcome, ReleaseRecord):
             log.info(
                 "release %s: key %r already released; nothing ran",
@@ -689,17 +744,7 @@ class Turnout:
         snapshot = earlier.snapshot
 
         def restore(now: TargetSpec | None) -> TargetSpec:
-            return TargetSpec(
-                name=name,
-                plugin_ref=PluginRef.parse(snapshot["plugin"]),
-                config=dict(snapshot["config"]),
-                max_attempts=snapshot["max_attempts"],
-                timeout=snapshot["timeout"],
-                isolation=snapshot.get("isolation", DEFAULT_ISOLATION),
-                idempotent=bool(snapshot.get("idempotent")),
-                revision=now.revision if now else 0,
-                routes=parse_routes(snapshot.get("routes")),
-            )
+            return TargetSpec.from_snapshot(name, now.revision if now else 0, snapshot)
 
         if edit.get("expect_revision") is None:
             # The revision whose history was read: an edit landing since refuses the rollback
