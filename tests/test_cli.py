@@ -213,6 +213,18 @@ def test_cli_release_exit_codes(
     assert fragment in result.stderr
 
 
+def test_cli_release_inline_plugin_exiting_0_does_not_exit_0(run, calls_file: Path) -> None:
+    # sys.exit(0) in an inline plugin, without a result: recorded failed, and the job runner
+    # sees the failure's exit code, not the 0 the plugin asked for (F4).
+    config = ["--config", f"calls={calls_file}", "--config", "fail_with=exit0"]
+    run("target", "set", "site", "echo@1.0.0", "--isolation", "inline", *config)
+    result = run("release", "site", "a.tgz", "--key", "exit-1")
+    assert result.exit_code == 1
+    shown = _json(run("releases", "--json"))
+    assert [(r["status"], r["error_type"]) for r in shown] == [("failed", "SystemExit")]
+    assert len(read_calls(calls_file)) == 1
+
+
 def test_cli_release_key_mismatch_exits_65(run, calls_file: Path) -> None:
     run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
     run("release", "site", "a.tgz", "--key", "m-1")

@@ -1350,8 +1350,11 @@ class _Attempts:
                 # KeyboardInterrupt, SystemExit: recorded, then honoured, without the secrets
                 # an inline plugin may have put in them (SystemExit's message is printed).
                 exc.args = tuple(_secrets.redact_values(list(exc.args), self.secrets))
-                if isinstance(exc, SystemExit) and not isinstance(exc.code, int | None):
-                    exc.code = _secrets.redact(str(exc.code), self.secrets)
+                if isinstance(exc, SystemExit):
+                    if not exc.code:  # sys.exit(0) without a result: the runner must not
+                        exc.code = record.exit_code  # exit 0, as if it had released
+                    elif not isinstance(exc.code, int):
+                        exc.code = _secrets.redact(str(exc.code), self.secrets)
                 raise
             return record
         record = self.ledger.move(

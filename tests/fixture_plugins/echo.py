@@ -2,7 +2,8 @@
 
 Config:
     calls: a file to which every call appends one JSON line (key, attempt, version).
-    fail_with: connection | timeout | retryable | permanent | keyboard | systemexit
+    fail_with: connection | timeout | retryable | permanent | keyboard | systemexit | exit0
+        (exit0: ``sys.exit(0)``, an exit that claims success without a result)
     fail_times: how many first attempts fail (default: all of them).
     token: a value the plugin echoes into its error messages (for secret-leak tests).
     invalid: any value makes turnout_validate_config refuse the config.
@@ -101,4 +102,5 @@ _FAILURES = {
     "permanent": RuntimeError,
     "keyboard": KeyboardInterrupt,
     "systemexit": SystemExit,
+    "exit0": lambda _message: SystemExit(0),
 }
