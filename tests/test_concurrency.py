@@ -49,14 +49,16 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "TURNOUT_LEASE_SECONDS": str(LEASE)}
 
 
-def start_cli(url: str, *args: str, logs: Path, name: str) -> subprocess.Popen[bytes]:
+def start_cli(
+    url: str, *args: str, logs: Path, name: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """A ``turnout`` job in a process group of its own, its output in ``logs/name.*``."""
     with (logs / f"{name}.out").open("wb") as out, (logs / f"{name}.err").open("wb") as err:
         return subprocess.Popen(
             [turnout_cli(), "--db", url, *args],
             stdout=out,
             stderr=err,
-            env=cli_env(),
+            env={**cli_env(), **(env or {})},
             start_new_session=True,
         )
 
@@ -583,3 +585,67 @@ def test_no_plugin_worker_survives_a_killed_runner(db_path: Path, tmp_path: Path
             timeout=15,
         )
     assert len(read_calls(calls)) == 1
+
+
+# F10: SIGTERM during a release ------------------------------------------------------------
+
+
+def test_f10_sigterm_lets_a_release_finish_in_its_grace_else_records_it_unknown(
+    registry_url: str, tmp_path: Path
+) -> None:
+    """A job runner stops a ``turnout release`` with SIGTERM (a pod deleted, a job cancelled).
+
+    A call that ends within ``TURNOUT_TERM_GRACE`` is recorded as usual and the exit code is
+    the release's. One that does not is recorded ``unknown`` (it may have deployed), its
+    worker is stopped, and turnout exits 75; the same key again reconciles it with the probe.
+    """
+    calls = tmp_path / "calls.jsonl"
+    with Turnout(registry_url) as tt:
+        config = {"calls": str(calls), "note_pid": True}
+        tt.set_target("quick", "echo@1.0.0", config={**config, "sleep": 1}, isolation="inline")
+        tt.set_target("slow", "echo@1.0.0", config={**config, "sleep": 60}, isolation="process")
+    release = ("release", "quick", "a.tgz", "--key", "k1", "--json")
+    quick = start_cli(
+        registry_url, *release, logs=tmp_path, name="quick", env={"TURNOUT_TERM_GRACE": "10"}
+    )
+    release = ("release", "slow", "a.tgz", "--key", "k1", "--json")
+    slow = start_cli(
+        registry_url, *release, logs=tmp_path, name="slow", env={"TURNOUT_TERM_GRACE": "0.5"}
+    )
+    try:
+        wait_for(called(calls, "k1"), what="the quick call")
+        quick.send_signal(signal.SIGTERM)
+        assert quick.wait(timeout=30) == 0, (tmp_path / "quick.err").read_text()
+        assert "letting the release under way finish" in (tmp_path / "quick.err").read_text()
+        assert json.loads((tmp_path / "quick.out").read_text())["status"] == "succeeded"
+
+        wait_for(lambda: keys_called(calls)["k1"] == 2, what="the slow call")
+        started = time.monotonic()
+        slow.send_signal(signal.SIGTERM)
+        assert slow.wait(timeout=30) == 75
+        assert time.monotonic() - started < 0.5 + 2 * worker_grace() + 5
+        err = (tmp_path / "slow.err").read_text()
+        assert "interrupted: stopped by SIGTERM after its grace period of 0.5 s" in err
+    finally:
+        for job in (quick, slow):
+            signal_group(job)
+            job.wait(timeout=30)
+    worker_pid = int(read_calls(calls)[-1]["pid"])
+    with pytest.raises(ProcessLookupError):  # the worker went with it
+        os.kill(worker_pid, 0)
+    with Turnout(registry_url) as tt:
+        record = tt.ledger.find("slow", "k1")
+    assert record is not None
+    assert (record.status, record.error_type) == (Status.UNKNOWN, "turnout.errors.Interrupted")
+    assert "it may have deployed" in (record.error or "")
+
+    again = run_cli(registry_url, "release", "slow", "a.tgz", "--key", "k1", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["status"] == "reconciled"  # the probe found the call
+    assert keys_called(calls)["k1"] == 2  # the quick one and the slow one, each once
+
+
+def worker_grace() -> float:
+    from turnout.worker import GRACE
+
+    return GRACE

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ from turnout.errors import (
     EXIT_TEMPFAIL,
     EXIT_USAGE,
     ConfigurationError,
+    Interrupted,
     TurnoutError,
     UsageError,
 )
@@ -45,7 +47,15 @@ Exit codes:
       --expect-revision, or the database is unreachable; retry later
   78  configuration error: unknown target, plugin version not installed or not
       loadable, config rejected, database not migrated
+
+\b
+Environment:
+  TURNOUT_TERM_GRACE  seconds a release under way may take to finish after
+                      SIGTERM (default 10); then it is recorded unknown and
+                      turnout exits 75 (ask again with the same key)
 """
+TERM_GRACE_ENV = "TURNOUT_TERM_GRACE"
+DEFAULT_TERM_GRACE = 10.0
 
 
 class _Group(click.Group):
@@ -57,6 +67,60 @@ class _Group(click.Group):
         except TurnoutError as exc:
             _say(f"error: {exc}", style="red")
             ctx.exit(exc.exit_code)
+        except Interrupted as exc:
+            _say(
+                f"interrupted: {exc}; the release under way is recorded unknown (it may have "
+                "deployed): ask again with the same key, or run turnout reconcile",
+                style="red",
+            )
+            ctx.exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def _finish_on_sigterm() -> Iterator[None]:
+    """While inside, SIGTERM lets the release under way finish for ``TURNOUT_TERM_GRACE``
+    seconds, then raises :class:`~turnout.errors.Interrupted` in it (it is recorded
+    ``unknown``, and the command exits 75). Outside, SIGTERM does what it did before.
+
+    A job runner stopping its job (a Kubernetes pod deleted, a CI job cancelled) sends SIGTERM,
+    then SIGKILL some seconds later: set the grace below that.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    raw = os.environ.get(TERM_GRACE_ENV, "").strip()
+    try:
+        grace = float(raw) if raw else DEFAULT_TERM_GRACE
+    except ValueError:
+        raise UsageError(f"{TERM_GRACE_ENV} must be a number of seconds, not {raw!r}") from None
+    if grace < 0:
+        raise UsageError(f"{TERM_GRACE_ENV} must be 0 or more seconds, not {raw!r}")
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise Interrupted(grace)
+
+    def on_term(_signum: int, _frame: object) -> None:
+        if grace == 0:
+            raise Interrupted(grace)
+        # Straight to fd 2: an inline plugin's output capture may hold sys.stderr right now.
+        note = f"SIGTERM: letting the release under way finish, for at most {grace:g} s"
+        if _log_format[0] == "json":
+            from turnout._logging import json_line
+
+            note = json_line("info", "turnout.cli", note)
+        os.write(2, note.encode() + b"\n")
+        signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, grace)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGTERM, previous)
 
 
 _log_format: list[str] = ["text"]
@@ -1274,11 +1338,17 @@ def release_command(
     same request prints the recorded outcome and runs nothing, except after a transient
     failure (exit 75), which it resumes: more attempts, same key, same plugin version, even if
     the target was re-pointed since (turnout replay moves a release to the version in force).
+
+    On SIGTERM the release under way may finish for TURNOUT_TERM_GRACE seconds (default 10)
+    and exits as it would have; after that it is recorded unknown (it may have deployed) and
+    turnout exits 75: the same key again takes it over and asks the plugin's probe.
     """
     from turnout.errors import ReleaseFailedError
 
+    handle = _handle(ctx)
     try:
-        record = _handle(ctx).release(target_name, artifact, key=key, context=_parse_context(pairs))
+        with _finish_on_sigterm():
+            record = handle.release(target_name, artifact, key=key, context=_parse_context(pairs))
     except ReleaseFailedError as exc:
         _print_release(exc.release, as_json)
         raise

@@ -29,6 +29,9 @@ facts as attributes and maps to exactly one CLI exit code (``exit_code``)::
 
 Exit codes follow ``sysexits.h``: 65 data error, 75 temporary failure (a job runner should retry
 later), 78 configuration error.
+
+Beside the tree, :class:`Interrupted` (a ``BaseException``, as ``KeyboardInterrupt`` is, 75) is
+what the CLI raises when SIGTERM's grace period runs out mid-release.
 """
 
 from __future__ import annotations
@@ -291,3 +294,20 @@ class ReleaseUnknownError(ReleaseFailedError):
             f"Check whether {release.target} has {release.artifact}, then record it: "
             f"turnout reconcile {release.id} --as succeeded|failed",
         )
+
+
+class Interrupted(BaseException):
+    """The process was told to stop (SIGTERM) and its grace period ran out mid-release.
+
+    Raised by the CLI's SIGTERM handling (``TURNOUT_TERM_GRACE``) in the main thread. A
+    ``BaseException``, as ``KeyboardInterrupt`` is: a plugin's ``except Exception`` does not
+    swallow it and no retry policy retries it. A release it stops after its claim is recorded
+    ``unknown`` (its call may have deployed): asking again with the same key, or
+    ``turnout reconcile``, takes it over and asks the plugin's probe.
+    """
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        super().__init__(f"stopped by SIGTERM after its grace period of {grace:g} s")

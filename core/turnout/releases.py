@@ -66,7 +66,8 @@ class Status(StrEnum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     UNKNOWN = "unknown"
-    """Its runner died mid-call and nothing could tell whether it deployed: a human decides."""
+    """Its runner died, or was stopped, mid-call and nothing could tell whether it deployed yet:
+    a takeover asks the plugin's probe, else a human decides."""
     RECONCILED = "reconciled"
     """Its runner died mid-call, and the plugin's probe (or a human) said it had deployed."""
 
@@ -90,14 +91,22 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     **{status: frozenset() for status in TERMINAL},
     Status.CLAIMED: frozenset({Status.RUNNING, Status.RECONCILED, Status.UNKNOWN, Status.CLAIMED}),
     Status.RUNNING: frozenset(
-        {Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CLAIMED}
+        {
+            Status.RUNNING,
+            Status.SUCCEEDED,
+            Status.FAILED,
+            Status.TIMED_OUT,
+            Status.CLAIMED,
+            Status.UNKNOWN,
+        }
     ),
     Status.UNKNOWN: frozenset({Status.CLAIMED, Status.RECONCILED, Status.FAILED}),
     Status.FAILED: frozenset({Status.RUNNING}),
 }
 """Every legal move of a release, the only place they are defined. A new release is inserted
 as RUNNING (its claim starts its first attempt). CLAIMED -> CLAIMED and RUNNING -> CLAIMED are
-takeovers of an expired lease; UNKNOWN -> RECONCILED/FAILED is a human's verdict. FAILED ->
+takeovers of an expired lease; RUNNING -> UNKNOWN is a runner stopped mid-call (SIGTERM, see
+:class:`~turnout.errors.Interrupted`); UNKNOWN -> RECONCILED/FAILED is a human's verdict. FAILED ->
 RUNNING is a resumption: the same request asked again after a transient failure (see
 :func:`resumable`)."""
 

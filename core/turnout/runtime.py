@@ -35,6 +35,7 @@ from turnout._serve import MalformedResultError, qualified_name
 from turnout.errors import (
     ConfigRejectedError,
     ConfigurationError,
+    Interrupted,
     KeyMismatchError,
     LeaseLostError,
     PluginInstallError,
@@ -1329,6 +1330,20 @@ class _Attempts:
             result = policy(attempt)
         except LeaseLostError:
             raise  # another runner owns the release now; this one records nothing
+        except Interrupted as exc:
+            # Told to stop mid-release: the call may have deployed. Whoever asks again with
+            # the key (or turnout reconcile) takes it over and asks the plugin's probe.
+            record = self.ledger.move(
+                self.claim,
+                Status.UNKNOWN,
+                error=f"interrupted: {exc} (during attempt {count}); it may have deployed",
+                error_type=qualified_name(Interrupted),
+                retryable=True,
+                output=self._output(),
+                attempt_log=self.attempt_log,
+            )
+            log.warning("release %s: %s", record.id, record.error, extra=self.extra)
+            raise
         except BaseException as exc:
             record = self.ledger.move(
                 self.claim,

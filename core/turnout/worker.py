@@ -440,6 +440,12 @@ class WorkerReleaser:
                 self.output = exc.output
                 self._process = None
                 raise
+            except BaseException:
+                # Interrupted mid-call (SIGTERM's grace ran out, Ctrl-C): its answer would be
+                # read as the next call's. Stop it, and whatever it started.
+                worker.kill()
+                self._process = None
+                raise
         if not answer.get("ok"):
             error = answer["error"]
             raise WorkerError(error["type"], error["message"], bool(error["retryable"]))
