@@ -317,6 +317,22 @@ def test_worker_output_of_each_call_goes_to_its_own_release(tt: Turnout, faults:
     assert len(pids) == 1
 
 
+def test_worker_a_plugin_that_forks_answers_once_per_call(tt: Turnout, faults: Faults) -> None:
+    # B4 (duplicated): the forked copy also returns from the hook; it must neither answer nor
+    # read the next request, and every call gets its own answer.
+    faults.install(tt, "fork")
+    tt.set_target("fork", f"fork@{VERSION}", config={"linger": 0.1}, max_attempts=1)
+    results = []
+    for n in range(4):
+        record = tt.release("fork", "a.tgz", key=f"fork-{n}")
+        results.append(record.result)
+        time.sleep(0.2)  # the copy of this call has returned by now
+    assert [(r["key"], r["forked_copy"]) for r in results] == [
+        (f"fork-{n}", False) for n in range(4)
+    ]
+    assert len({r["pid"] for r in results}) == 1  # one worker answered them all
+
+
 # F5: floods ---------------------------------------------------------------------------------
 
 

@@ -11,7 +11,9 @@ Protocol: every message is a 4-byte big-endian length and a UTF-8 JSON object. T
 writes requests on one pipe and the worker answers on another; the plugin's own stdout and
 stderr go to a third, so nothing a plugin prints can corrupt a result. After each request the
 worker writes the request's nonce to stderr, which tells the core where that request's output
-ends.
+ends, and the answer carries the nonce too: the core takes no other answer for that request.
+Only the worker's own process answers: a copy that a plugin forked exits when it returns from
+the hook.
 """
 
 from __future__ import annotations
@@ -409,6 +411,7 @@ def serve(requests: int, responses: int) -> int:
         _write_all(responses, encode_frame(_error(exc)))
         return 3
     _write_all(responses, encode_frame({"ok": True, "pid": os.getpid()}))
+    worker = os.getpid()
     while True:
         request = read_frame(requests, awake=WORKER_SPIN)
         if request is None or request.get("op") == "stop":
@@ -422,11 +425,16 @@ def serve(requests: int, responses: int) -> int:
             # The plugin asked to exit (SystemExit, KeyboardInterrupt): report it, then do so.
             stopping = not isinstance(exc, Exception)
         finally:
+            if os.getpid() != worker:
+                # A copy the plugin forked, returning from the call: only the worker answers
+                # (and reads the next request), or the core would read two answers to one call.
+                os._exit(0)
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):  # a plugin may close them
                     stream.flush()
             with contextlib.suppress(OSError):  # a plugin may have closed its stderr
                 os.write(2, NONCE_PREFIX + request["nonce"].encode() + b"\x00")
+        answer["nonce"] = request["nonce"]  # which request this answers
         _write_all(responses, encode_frame(answer))
         if stopping:
             return 0

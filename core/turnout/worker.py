@@ -255,6 +255,8 @@ class WorkerProcess:
         try:
             self._send(_serve.encode_frame(message), deadline)
             answer = self._receive(deadline)
+            while answer is not None and answer.pop("nonce", None) != nonce:
+                answer = self._receive(deadline)  # not this call's answer: never taken for it
         except TimeoutError:
             self.kill()
             raise WorkerTimeoutError(
