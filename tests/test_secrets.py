@@ -40,6 +40,7 @@ from turnout import ReleaseFailedError, Status, TransientReleaseError, Turnout, 
 from turnout._logging import JsonFormatter, TextFormatter
 from turnout._secrets import REDACTED
 from turnout.errors import SecretNotFoundError
+from turnout.runtime import OUTPUT_LIMIT
 
 pytestmark = pytest.mark.usefixtures("plugin_site")
 
@@ -516,6 +517,24 @@ def test_cli_stdout_stderr_json_and_logs_hold_no_secret(
     database = dump_database(f"sqlite:///{db_path}")
     assert MARK in database
     canary.assert_absent("the database after the CLI", database)
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_secret_split_by_the_output_limit_leaves_no_part_behind(
+    db_path: Path, canary: Canary, isolation: str
+) -> None:
+    # The output keeps its last 64 KiB: here the cut falls inside the secret, leaving its last
+    # 30 characters at the start of what is kept. They are redacted all the same.
+    kept = 30
+    config = {"token": canary.reference, "then_print": OUTPUT_LIMIT - 1 - kept}
+    with Turnout(str(db_path), sleep=Sleeps()) as tt:
+        tt.set_target("cut", "leaky@0.1.0", config=config, isolation=isolation, reason="s3")
+        record = tt.release("cut", "app.tgz", key="s3-cut")
+    assert record.output is not None
+    assert record.output.endswith("f" * 1000)
+    assert f"{REDACTED}\n{'f' * 100}" in record.output  # where the cut part of it was
+    for size in (kept, 12, 6):
+        assert canary.value[-size:] not in record.output, size
 
 
 def test_secret_references_resolve_at_any_depth_and_are_redacted(

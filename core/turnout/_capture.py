@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from turnout import _secrets
+
 LIMIT = 64 << 10
 """Characters of a call's output kept: the last 64 Ki, as for a worker."""
 _STREAMS = ("stdout", "stderr")
@@ -29,13 +31,15 @@ class _Routed:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def write(self, text: str) -> int:
+    def write(self, text: str | bytes) -> int:
         buffer: list[str] | None = getattr(_local, "buffer", None)
         if buffer is None:
-            return self.stream.write(text)
+            return self.stream.write(text)  # type: ignore[arg-type]
+        if isinstance(text, bytes | bytearray):  # what some libraries write (click.echo)
+            text = bytes(text).decode("utf-8", "backslashreplace")
         buffer.append(text)
         if len(buffer) > 256:  # keep it bounded: join, keep the tail
-            buffer[:] = ["".join(buffer)[-LIMIT:]]
+            buffer[:] = [_secrets.keep_tail("".join(buffer), LIMIT)]
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -78,5 +82,5 @@ def captured() -> Iterator[list[str]]:
 
 
 def text(buffer: list[str]) -> str:
-    """The captured output, its last :data:`LIMIT` characters."""
-    return "".join(buffer)[-LIMIT:]
+    """The captured output, its last :data:`LIMIT` characters (see ``_secrets.keep_tail``)."""
+    return _secrets.keep_tail("".join(buffer), LIMIT)

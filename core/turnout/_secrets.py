@@ -14,6 +14,8 @@ from typing import Any
 from turnout.errors import SecretNotFoundError
 
 REDACTED = "***"
+DROPPED = "[earlier output dropped]\n"
+"""Starts the tail of an output whose beginning was cut off (see :func:`keep_tail`)."""
 _PREFIXES = ("env:", "file:")
 
 
@@ -65,11 +67,35 @@ def _read(field: str, reference: str) -> str:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each secret value in ``text``."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, REDACTED)
+    """Replace every occurrence of each secret value in ``text``, and the end of a secret that
+    a cut (see :func:`keep_tail`) left at the start of a kept tail."""
+    ordered = [secret for secret in sorted(secrets, key=len, reverse=True) if secret]
+    for secret in ordered:
+        text = text.replace(secret, REDACTED)
+    if ordered and DROPPED in text:
+        head, *tails = text.split(DROPPED)
+        text = DROPPED.join([head, *(_redact_cut(tail, ordered) for tail in tails)])
     return text
+
+
+def _redact_cut(tail: str, secrets: list[str]) -> str:
+    """``tail`` without the end of a secret that the cut before it split (the longest match)."""
+    for secret in secrets:
+        for size in range(len(secret) - 1, 0, -1):
+            if tail.startswith(secret[-size:]):
+                return REDACTED + tail[size:]
+    return tail
+
+
+def keep_tail(text: str, limit: int) -> str:
+    """The last ``limit`` characters of ``text``, after :data:`DROPPED` when anything before
+    them was cut off (now or by an earlier call): a secret the cut split is then redacted by
+    :func:`redact` all the same."""
+    cut = text.startswith(DROPPED)
+    body = text[len(DROPPED) :] if cut else text
+    if len(body) > limit:
+        body, cut = body[-limit:], True
+    return DROPPED + body if cut else body
 
 
 def redact_values(value: Any, secrets: Iterable[str]) -> Any:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turnout import _serve, telemetry
+from turnout import _secrets, _serve, telemetry
 from turnout.errors import (
     ConfigRejectedError,
     PluginLoadError,
@@ -117,6 +117,7 @@ class _Output:
         self.closed = False
         self._limit = limit
         self._buffer = bytearray()
+        self._cut = False  # the buffer lost its beginning since the last take
 
     def pump(self) -> None:
         """Read what the pipe holds now, without waiting; close it at end of stream."""
@@ -134,6 +135,7 @@ class _Output:
             self._buffer += chunk
             if len(self._buffer) > 2 * keep:
                 del self._buffer[:-keep]
+                self._cut = True
 
     def take(self, nonce: bytes | None, wait: float) -> str:
         """Everything up to ``nonce``'s end marker (or all there is, when ``None`` or when the
@@ -151,7 +153,9 @@ class _Output:
         else:
             head = bytes(self._buffer)
             self._buffer.clear()
-        return head[-self._limit :].decode("utf-8", "backslashreplace")
+        cut, self._cut = self._cut or len(head) > self._limit, False
+        text = head[-self._limit :].decode("utf-8", "backslashreplace")
+        return _secrets.DROPPED + text if cut else text
 
     def drain(self, timeout: float) -> None:
         """Read until the worker's end closes (or ``timeout``), keeping it for :meth:`take`;

@@ -8,6 +8,8 @@ Config:
         the config).
     fail_times: how many first attempts fail, with a retryable error (default 0).
     sleep: seconds each call takes before anything else (a slow deploy).
+    then_print: characters ("f") it writes to stderr after the token, so that the output's
+        tail starts where a test wants it (in the middle of the token, say).
 """
 
 import sys
@@ -31,6 +33,8 @@ def turnout_release(config, attempt):
         time.sleep(config["sleep"])
     print(f"leaky: deploying with token={token}", flush=True)
     print(f"leaky: stderr token={token}", file=sys.stderr, flush=True)
+    if config.get("then_print"):
+        print("f" * config["then_print"], end="", file=sys.stderr, flush=True)
     if attempt <= config.get("fail_times", 0):
         raise LeakyError(f"leaky failed on attempt {attempt} with token={token}")
     return {
