@@ -422,6 +422,18 @@ def test_release_stores_its_decision_record_and_later_changes_never_alter_it(
     assert tt.release("site", "a.tgz", key="d-2").decision == {**decision, "revision": 2}
 
 
+def test_inline_capture_keeps_bytes_written_as_text() -> None:
+    # Some libraries write bytes to sys.stdout; kept as text, they never fail a release.
+    import sys
+
+    from turnout import _capture
+
+    with _capture.captured() as buffer:
+        sys.stdout.write("text, ")
+        sys.stdout.write(b"bytes \xff\n")  # type: ignore[call-overload]
+    assert _capture.text(buffer) == "text, bytes \\xff\n"
+
+
 def test_inline_plugin_output_is_captured_per_thread_and_redacted(
     tt: Turnout, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
