@@ -604,22 +604,22 @@ def test_f10_sigterm_lets_a_release_finish_in_its_grace_else_records_it_unknown(
         config = {"calls": str(calls), "note_pid": True}
         tt.set_target("quick", "echo@1.0.0", config={**config, "sleep": 1}, isolation="inline")
         tt.set_target("slow", "echo@1.0.0", config={**config, "sleep": 60}, isolation="process")
-    release = ("release", "quick", "a.tgz", "--key", "k1", "--json")
+    release = ("release", "quick", "a.tgz", "--key", "q1", "--json")
     quick = start_cli(
         registry_url, *release, logs=tmp_path, name="quick", env={"TURNOUT_TERM_GRACE": "10"}
     )
-    release = ("release", "slow", "a.tgz", "--key", "k1", "--json")
+    release = ("release", "slow", "a.tgz", "--key", "s1", "--json")
     slow = start_cli(
         registry_url, *release, logs=tmp_path, name="slow", env={"TURNOUT_TERM_GRACE": "0.5"}
     )
     try:
-        wait_for(called(calls, "k1"), what="the quick call")
+        wait_for(called(calls, "q1"), what="the quick call")
         quick.send_signal(signal.SIGTERM)
         assert quick.wait(timeout=30) == 0, (tmp_path / "quick.err").read_text()
         assert "letting the release under way finish" in (tmp_path / "quick.err").read_text()
         assert json.loads((tmp_path / "quick.out").read_text())["status"] == "succeeded"
 
-        wait_for(lambda: keys_called(calls)["k1"] == 2, what="the slow call")
+        wait_for(called(calls, "s1"), what="the slow call")
         started = time.monotonic()
         slow.send_signal(signal.SIGTERM)
         assert slow.wait(timeout=30) == 75
@@ -630,22 +630,71 @@ def test_f10_sigterm_lets_a_release_finish_in_its_grace_else_records_it_unknown(
         for job in (quick, slow):
             signal_group(job)
             job.wait(timeout=30)
-    worker_pid = int(read_calls(calls)[-1]["pid"])
+    (worker_pid,) = {int(call["pid"]) for call in read_calls(calls) if call["key"] == "s1"}
     with pytest.raises(ProcessLookupError):  # the worker went with it
         os.kill(worker_pid, 0)
     with Turnout(registry_url) as tt:
-        record = tt.ledger.find("slow", "k1")
+        record = tt.ledger.find("slow", "s1")
     assert record is not None
     assert (record.status, record.error_type) == (Status.UNKNOWN, "turnout.errors.Interrupted")
     assert "it may have deployed" in (record.error or "")
 
-    again = run_cli(registry_url, "release", "slow", "a.tgz", "--key", "k1", "--json")
+    again = run_cli(registry_url, "release", "slow", "a.tgz", "--key", "s1", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["status"] == "reconciled"  # the probe found the call
-    assert keys_called(calls)["k1"] == 2  # the quick one and the slow one, each once
+    assert keys_called(calls) == {"q1": 1, "s1": 1}
 
 
 def worker_grace() -> float:
     from turnout.worker import GRACE
 
     return GRACE
+
+
+# F7: the database goes away mid-release ----------------------------------------------------
+
+
+def test_f7_registry_lost_mid_release_is_a_clear_temporary_error_then_reconciled(
+    postgres_registry_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL stops taking connections while the plugin runs (its sessions are ended):
+    the outcome cannot be written. The runner gets exit 75 with what failed; the claim, made
+    before the call, holds; once the database is back and the lease has run out, the same
+    key reconciles by the probe, without a second call."""
+    import psycopg
+
+    url = postgres_registry_url
+    name = make_url(url).database
+    server = make_url(url).set(database="postgres").render_as_string(hide_password=False)
+    calls = tmp_path / "calls.jsonl"
+    with Turnout(url) as tt:
+        config = {"calls": str(calls), "sleep": 3}
+        tt.set_target("site", "echo@1.0.0", config=config, isolation="inline")
+    job = start_cli(url, "release", "site", "a.tgz", "--key", "k1", logs=tmp_path, name="lost")
+    try:
+        wait_for(called(calls, "k1"), what="the call")
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+        assert job.wait(timeout=60) == 75
+    finally:
+        signal_group(job)
+        job.wait(timeout=30)
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    err = (tmp_path / "lost.err").read_text()
+    where = url.split("://", 1)[1]  # as errors show it: with its driver, without a password
+    assert f"error: registry postgresql+psycopg://{where} is unavailable" in err
+    assert "Traceback" not in err  # the heartbeat's failures too are one line each
+    with Turnout(url) as tt:
+        record = tt.ledger.find("site", "k1")
+    assert record is not None
+    assert record.status is Status.RUNNING  # claimed before the call; nothing half-written
+    time.sleep(LEASE * 1.5)
+    again = run_cli(url, "release", "site", "a.tgz", "--key", "k1", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["status"] == "reconciled"
+    assert keys_called(calls)["k1"] == 1

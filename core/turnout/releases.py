@@ -35,6 +35,7 @@ from turnout.errors import (
     InvalidKeyError,
     KeyMismatchError,
     LeaseLostError,
+    RegistryUnavailableError,
     ReleaseFailedError,
     ReleaseInProgressError,
     ReleaseUnknownError,
@@ -869,6 +870,9 @@ class _Heartbeat:
             return
         try:
             lost = self._ledger.heartbeat(claims)
+        except RegistryUnavailableError as exc:  # an outage: one line a beat, no traceback
+            log.warning("heartbeat failed, the next one tries again: %s", exc)
+            return
         except Exception:  # the next beat tries again; meanwhile the lease may lapse
             log.exception("heartbeat failed")
             return
