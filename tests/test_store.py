@@ -9,11 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURES, build_wheel
+from helpers import FIXTURES, build_wheel, read_calls
 
 from turnout import PluginLoadError, PluginNotInstalledError, Status, Turnout
 from turnout.errors import PluginInstallError, UsageError
@@ -508,14 +509,53 @@ def test_store_worker_stays_warm_and_restarts_after_dying(tt: Turnout, wheelhous
     tt.release("site", "a.tgz", key="k1")
     (releaser,) = tt._releasers.values()
     assert isinstance(releaser, WorkerReleaser)
-    assert releaser._process is not None
-    pid = releaser._process.process.pid
+    (pid,) = releaser.pids()
     tt.release("site", "a.tgz", key="k2")
-    assert releaser._process.process.pid == pid  # warm: the same process served both
+    assert releaser.pids() == [pid]  # warm: the same process served both
     os.kill(pid, signal.SIGKILL)
-    releaser._process.process.wait()
+    wait_until_gone(pid)
     assert tt.release("site", "a.tgz", key="k3").status is Status.SUCCEEDED
-    assert releaser._process.process.pid != pid
+    (fresh,) = releaser.pids()
+    assert fresh != pid
+
+
+def wait_until_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+            return  # dead, not yet reaped by its parent (this process)
+        time.sleep(0.01)
+
+
+def test_store_threads_releasing_one_version_at_once_run_at_once(
+    tt: Turnout, wheelhouse: Path, calls_file: Path
+) -> None:
+    # C5: two targets on one version, released from two threads: each call gets a worker of
+    # its own, so the second starts while the first is still running (6 s each).
+    tt.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
+    config = {"calls": str(calls_file), "sleep": 6, "note_pid": True}
+    for name in ("one", "two"):
+        tt.set_target(name, "echo@2.0.0", config=config)
+    threads = [
+        threading.Thread(target=tt.release, args=(name, "a.tgz"), kwargs={"key": "k1"})
+        for name in ("one", "two")
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(read_calls(calls_file)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    both_running = len(read_calls(calls_file)) == 2 and all(t.is_alive() for t in threads)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert both_running, "the second call waited for the first"
+    calls = read_calls(calls_file)
+    assert sorted(str(call["target"]) for call in calls) == ["one", "two"]
+    assert len({call["pid"] for call in calls}) == 2  # a worker each
+    assert [r.status for r in tt.ledger.recent()] == [Status.SUCCEEDED] * 2
+    (releaser,) = tt._releasers.values()
+    assert isinstance(releaser, WorkerReleaser)
+    assert len(releaser.pids()) == 2  # both stay warm
 
 
 def test_store_plugin_list_marks_versions_missing_on_this_machine(

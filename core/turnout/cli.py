@@ -43,8 +43,9 @@ Exit codes:
   2   usage error: bad option, malformed ref, key or context
   65  the idempotency key was used for a different request; nothing ran
   75  temporary failure: failed transiently after retries, still in progress
-      elsewhere, unknown (a runner died mid-call; see turnout reconcile), a stale
-      --expect-revision, or the database is unreachable; retry later
+      elsewhere, unknown (a runner died mid-call, or was stopped by SIGTERM; see
+      turnout reconcile), a stale --expect-revision, or the database is
+      unreachable; retry later
   78  configuration error: unknown target, plugin version not installed or not
       loadable, config rejected, database not migrated
 

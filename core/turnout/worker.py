@@ -1,4 +1,4 @@
-"""Worker processes: one long-lived process per plugin version, driven over pipes.
+"""Worker processes: long-lived processes per plugin version, driven over pipes.
 
 A worker is ``python -I -S`` running :mod:`turnout._serve`: isolated mode and no ``site``, so its
 ``sys.path`` is the standard library plus the plugin version's own environment, never the
@@ -401,57 +401,86 @@ def _tail(output: str) -> str:
 
 
 class WorkerReleaser:
-    """A :class:`~turnout.releaser.Releaser` whose plugin runs in a worker process.
+    """A :class:`~turnout.releaser.Releaser` whose plugin runs in worker processes.
 
-    The process starts on first use, stays warm for later calls, and is started afresh when
-    it died or was stopped at a deadline. Calls to one worker are serialised.
+    A worker starts on first use and stays warm for later calls; one that died, or was stopped
+    at a deadline, is replaced by a fresh one. A call finds a worker idle or starts another,
+    so that threads releasing with one version at once run at once (RELIABILITY C5) instead
+    of queueing for one process: as many workers stay warm as calls ran together.
+    :attr:`output` is the calling thread's last call's.
     """
 
     def __init__(
         self, spec: WorkerSpec, *, home: Path, start_timeout: float = START_TIMEOUT
     ) -> None:
         self.spec = spec
-        self.output = ""
         self._home = home
         self._start_timeout = start_timeout
         self._lock = threading.Lock()
-        self._process: WorkerProcess | None = None
+        self._idle: list[WorkerProcess] = []
+        self._started: set[WorkerProcess] = set()
+        self._last = threading.local()
         memory = os.environ.get("TURNOUT_WORKER_MEMORY_MB")
         self._memory_limit_mb = int(memory) if memory else DEFAULT_MEMORY_LIMIT_MB
         _live.add(self)
 
-    def _worker(self) -> WorkerProcess:
-        if self._process is None or not self._process.alive:
-            if self._process is not None:
-                self._process.kill()
-            self._process = None
-            process = WorkerProcess(
-                self.spec, home=self._home, memory_limit_mb=self._memory_limit_mb
-            )
+    @property
+    def output(self) -> str:
+        """What the plugin printed during this thread's last call (its last 64 KiB)."""
+        output: str = getattr(self._last, "output", "")
+        return output
+
+    def pids(self) -> list[int]:
+        """The process ids of this version's running workers, idle or busy."""
+        with self._lock:
+            return sorted(p.process.pid for p in self._started if p.alive)
+
+    def _take(self) -> WorkerProcess:
+        """An idle, living worker, or a new one (started: import errors surface here)."""
+        with self._lock:
+            while self._idle:
+                process = self._idle.pop()
+                if process.alive:
+                    return process
+                self._started.discard(process)
+                process.kill()  # its pipes and folder
+        process = WorkerProcess(self.spec, home=self._home, memory_limit_mb=self._memory_limit_mb)
+        with self._lock:
+            self._started.add(process)
+        try:
             process.start(self._start_timeout)
-            self._process = process
-        return self._process
+        except BaseException:
+            self._drop(process)
+            raise
+        return process
+
+    def _drop(self, process: WorkerProcess) -> None:
+        process.kill()
+        with self._lock:
+            self._started.discard(process)
+
+    def _give_back(self, process: WorkerProcess) -> None:
+        with self._lock:
+            self._idle.append(process)
 
     def ensure_started(self) -> None:
-        """Start the worker now (import errors surface here, as PluginLoadError)."""
-        with self._lock:
-            self._worker()
+        """Start a worker now (import errors surface here, as PluginLoadError)."""
+        self._give_back(self._take())
 
     def _call(self, op: str, args: Mapping[str, Any], timeout: float) -> dict[str, Any]:
-        with self._lock:
-            worker = self._worker()
-            try:
-                answer, self.output = worker.call(op, args, timeout)
-            except (WorkerTimeoutError, WorkerCrashedError) as exc:
-                self.output = exc.output
-                self._process = None
-                raise
-            except BaseException:
-                # Interrupted mid-call (SIGTERM's grace ran out, Ctrl-C): its answer would be
-                # read as the next call's. Stop it, and whatever it started.
-                worker.kill()
-                self._process = None
-                raise
+        worker = self._take()
+        try:
+            answer, self._last.output = worker.call(op, args, timeout)
+        except (WorkerTimeoutError, WorkerCrashedError) as exc:
+            self._last.output = exc.output
+            self._drop(worker)  # stopped already; this closes what is left of it
+            raise
+        except BaseException:
+            # Interrupted mid-call (SIGTERM's grace ran out, Ctrl-C): its answer would be
+            # read as the next call's. Stop it, and whatever it started.
+            self._drop(worker)
+            raise
+        self._give_back(worker)
         if not answer.get("ok"):
             error = answer["error"]
             raise WorkerError(error["type"], error["message"], bool(error["retryable"]))
@@ -506,11 +535,11 @@ class WorkerReleaser:
         return result
 
     def close(self) -> None:
-        """Stop the worker process, if one runs."""
+        """Stop every worker of this version."""
         with self._lock:
-            if self._process is not None:
-                self._process.stop()
-                self._process = None
+            started, self._started, self._idle = self._started, set(), []
+        for process in started:
+            process.stop()
 
 
 _live: weakref.WeakSet[WorkerReleaser] = weakref.WeakSet()
