@@ -53,7 +53,7 @@ def run(world: World, plan: Plan, report: Report) -> None:
 
     releaser = world.turnout._releaser(NOOP_REF, "process")
     assert isinstance(releaser, WorkerReleaser)
-    worker = releaser._worker()
+    worker = releaser._take()  # its own warm worker; the release rows start another
     raw = RawPipe()
     message = {"op": "release", "args": RELEASE_ARGS, "nonce": "0123456789abcdef"}
     m = plan.batch(2000)
@@ -74,6 +74,7 @@ def run(world: World, plan: Plan, report: Report) -> None:
         )
     finally:
         raw.close()
+        releaser._give_back(worker)
     report.record(
         "P2",
         samples,
