@@ -527,6 +527,27 @@ def wait_until_gone(pid: int) -> None:
         time.sleep(0.01)
 
 
+def test_store_version_whose_distribution_no_longer_declares_the_entry_point_is_refused(
+    tt: Turnout, db_path: Path, home: Path, wheelhouse: Path, calls_file: Path
+) -> None:
+    # B3: the environment still holds turnout-echo 2.0.0, but its metadata no longer declares
+    # the releaser. The release is refused as a configuration error: no call, nothing
+    # recorded, and no other version (turnout's own echo 1.0.0) stands in for it.
+    (outcome,) = tt.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
+    tt.set_target("site", "echo@2.0.0", config={"calls": str(calls_file)})
+    tt.close()  # its warm worker has loaded the plugin; the next one loads it again
+    info = tt.store.path(outcome.digest) / "turnout_echo-2.0.0.dist-info"
+    (info / "entry_points.txt").write_text("[console_scripts]\necho-tool = turnout_echo:main\n")
+    with Turnout(str(db_path), home=home) as again:
+        with pytest.raises(PluginLoadError) as raised:
+            again.release("site", "a.tgz", key="k1")
+        assert again.ledger.recent() == []
+    assert raised.value.exit_code == 78
+    assert "echo@2.0.0" in str(raised.value)
+    assert "turnout.releasers" in str(raised.value)
+    assert read_calls(calls_file) == []
+
+
 def test_store_threads_releasing_one_version_at_once_run_at_once(
     tt: Turnout, wheelhouse: Path, calls_file: Path
 ) -> None:
