@@ -56,7 +56,7 @@ from turnout.releases import (
     fingerprint,
     sources_of,
 )
-from turnout.runtime import _Attempts
+from turnout.runtime import _Attempts, _Call
 from turnout.telemetry import Telemetry
 
 LEASE = 30.0
@@ -671,7 +671,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         turnout = SimpleNamespace(
             ledger=ledger, _sleep=lambda _seconds: None, telemetry=Telemetry()
         )
-        attempts = _Attempts(turnout, claim, spec, plugin, [], ARTIFACT, {}, {}, key, REF)
+        call = _Call(spec, REF, plugin, {}, [])
+        attempts = _Attempts(turnout, claim, call, ARTIFACT, {}, key)
         deployed_before = model.deployed
         try:
             record = attempts.reconcile()

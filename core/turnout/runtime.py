@@ -246,15 +246,8 @@ class Turnout:
             ref = decision.plugin_ref
             print_ = fingerprint(spec.name, artifact, ref, spec.config, ctx)
             try:
-                releaser = self._releaser(ref, spec.isolation)
-                if (spec.name, spec.revision, ref) not in self._validated:
-                    # Once per target revision, ref and process: a revision fixes the config.
-                    self._validate(releaser, spec, ref)
-                    self._validated.add((spec.name, spec.revision, ref))
-                config, secrets = _secrets.resolve(spec.config)
-            except ConfigurationError as refused:
-                if refused.plugin_ref is None:  # a secret, say: the version is still this one
-                    refused.plugin_ref = str(ref)
+                call = self._prepare(spec, ref)
+            except ConfigurationError:
                 # A key that was already released still answers with its outcome.
                 earlier = self.ledger.find(spec.name, key)
                 if earlier is None or not earlier.status.terminal or earlier.fingerprint != print_:
@@ -283,7 +276,26 @@ class Turnout:
             break
         else:
             raise stale  # the routing changed under every try: let the runner retry later
-        return self._go_on(outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
+        return self._go_on(outcome, call, artifact, ctx, key)
+
+    def _prepare(self, spec: TargetSpec, ref: PluginRef) -> _Call:
+        """The releaser of ``ref`` for ``spec``, the config checked (once per target revision,
+        ref and process: a revision fixes the config) and its secrets resolved.
+
+        Raises:
+            ConfigurationError: Naming ``ref`` (``plugin_ref``) whatever the cause.
+        """
+        try:
+            releaser = self._releaser(ref, spec.isolation)
+            if (spec.name, spec.revision, ref) not in self._validated:
+                self._validate(releaser, spec, ref)
+                self._validated.add((spec.name, spec.revision, ref))
+            config, secrets = _secrets.resolve(spec.config)
+        except ConfigurationError as refused:
+            if refused.plugin_ref is None:  # a secret, say: the version is still this one
+                refused.plugin_ref = str(ref)
+            raise
+        return _Call(spec, ref, releaser, config, secrets)
 
     def _release_as_claimed(
         self, record: ReleaseRecord, artifact: str, key: str, ctx: dict[str, str]
@@ -301,16 +313,7 @@ class Turnout:
             raise KeyMismatchError(
                 record.target, key, record.id, [f"routing, whose revision {revision} is gone"]
             )
-        try:
-            releaser = self._releaser(ref, spec.isolation)
-            if (spec.name, spec.revision, ref) not in self._validated:
-                self._validate(releaser, spec, ref)
-                self._validated.add((spec.name, spec.revision, ref))
-            config, secrets = _secrets.resolve(spec.config)
-        except ConfigurationError as refused:
-            if refused.plugin_ref is None:
-                refused.plugin_ref = str(ref)
-            raise
+        call = self._prepare(spec, ref)
         outcome = self.ledger.claim(
             target=spec.name,
             key=key,
@@ -320,21 +323,18 @@ class Turnout:
             context=ctx,
             decision=record.decision,
         )
-        return self._go_on(outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
+        return self._go_on(outcome, call, artifact, ctx, key)
 
     def _go_on(
         self,
         outcome: Claim | ReleaseRecord,
-        spec: TargetSpec,
-        releaser: Releaser,
-        secrets: list[str],
+        call: _Call,
         artifact: str,
-        config: dict[str, Any],
         ctx: dict[str, str],
         key: str,
-        ref: PluginRef,
     ) -> ReleaseRecord:
         """What a claim answered: a record (nothing runs), or a release to run or take over."""
+        spec, ref = call.spec, call.ref
         if isinstance(outcome, ReleaseRecord):
             log.info(
                 "release %s: key %r already released; nothing ran",
@@ -343,7 +343,7 @@ class Turnout:
                 extra=_fields(outcome.id, spec.name, ref),
             )
             return outcome.raise_for_status()
-        run = _Attempts(self, outcome, spec, releaser, secrets, artifact, config, ctx, key, ref)
+        run = _Attempts(self, outcome, call, artifact, ctx, key)
         with self.ledger.hold(outcome):
             if outcome.takeover:
                 record = run.reconcile()
@@ -1219,6 +1219,18 @@ def _observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | Non
         telemetry.fail(span, qualified_name(type(error)), str(error))
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What a release calls: ``ref``'s releaser for a target revision, with the revision's
+    config, its secrets resolved (held for the call only, never stored)."""
+
+    spec: TargetSpec
+    ref: PluginRef
+    releaser: Releaser
+    config: dict[str, Any]
+    secrets: list[str]
+
+
 class _Attempts:
     """What one claim of a release does: reconcile a takeover, run attempts, record the outcome."""
 
@@ -1226,31 +1238,27 @@ class _Attempts:
         self,
         turnout: Turnout,
         claim: Claim,
-        spec: TargetSpec,
-        releaser: Releaser,
-        secrets: list[str],
+        call: _Call,
         artifact: str,
-        config: dict[str, Any],
         context: dict[str, str],
         key: str,
-        ref: PluginRef,
     ) -> None:
         self.turnout = turnout
         self.ledger = turnout.ledger
         self.claim = claim
-        self.spec = spec
-        self.releaser = releaser
-        self.secrets = secrets
+        self.spec = call.spec
+        self.releaser = call.releaser
+        self.secrets = call.secrets
         # A worker runs in a private folder: a relative path means the caller's folder. The
         # record keeps the artifact as the caller wrote it (its fingerprint does too).
         self.artifact = artifact if "://" in artifact else os.path.abspath(artifact)
-        self.config = config
+        self.config = call.config
         self.context = context
         self.key = key
-        self.ref = ref
+        self.ref = call.ref
         self.outputs: list[str] = []
         self.attempt_log: list[dict[str, Any]] = list(claim.values.get("attempt_log") or ())
-        self.extra = _fields(claim.id, spec.name, ref)
+        self.extra = _fields(claim.id, call.spec.name, call.ref)
 
     def reconcile(self) -> ReleaseRecord:
         """A takeover: the previous runner died mid-call. Ask, re-invoke, or say "unknown".
