@@ -225,6 +225,41 @@ def test_cli_release_inline_plugin_exiting_0_does_not_exit_0(run, calls_file: Pa
     assert len(read_calls(calls_file)) == 1
 
 
+def test_cli_sigterm_grace_then_interrupt_and_a_second_sigterm_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import signal
+    import time
+
+    from turnout.cli import _finish_on_sigterm
+    from turnout.errors import Interrupted, UsageError
+
+    def terminated(times: int) -> None:
+        """SIGTERM ``times`` times inside, then work for 30 s."""
+        with _finish_on_sigterm():
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setenv("TURNOUT_TERM_GRACE", "0.2")
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        terminated(1)  # the grace starts; the work goes on until it ends
+    assert time.monotonic() - started < 20  # cut at the end of the grace, not of the work
+    monkeypatch.setenv("TURNOUT_TERM_GRACE", "60")
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        terminated(2)  # a second one: now
+    assert time.monotonic() - started < 20  # not at the end of the grace, nor of the work
+    assert signal.getsignal(signal.SIGTERM) == before  # put back on the way out
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    monkeypatch.setenv("TURNOUT_TERM_GRACE", "soon")
+    with pytest.raises(UsageError, match="TURNOUT_TERM_GRACE must be a number"):
+        terminated(0)
+
+
 def test_cli_release_key_mismatch_exits_65(run, calls_file: Path) -> None:
     run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
     run("release", "site", "a.tgz", "--key", "m-1")

@@ -81,7 +81,8 @@ class _Group(click.Group):
 def _finish_on_sigterm() -> Iterator[None]:
     """While inside, SIGTERM lets the release under way finish for ``TURNOUT_TERM_GRACE``
     seconds, then raises :class:`~turnout.errors.Interrupted` in it (it is recorded
-    ``unknown``, and the command exits 75). Outside, SIGTERM does what it did before.
+    ``unknown``, and the command exits 75); a second SIGTERM raises it at once. Outside,
+    SIGTERM does what it did before.
 
     A job runner stopping its job (a Kubernetes pod deleted, a CI job cancelled) sends SIGTERM,
     then SIGKILL some seconds later: set the grace below that.
@@ -104,8 +105,8 @@ def _finish_on_sigterm() -> Iterator[None]:
         raise Interrupted(grace)
 
     def on_term(_signum: int, _frame: object) -> None:
-        if grace == 0:
-            raise Interrupted(grace)
+        if grace == 0 or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+            raise Interrupted(grace)  # no grace, or a second SIGTERM: stop now
         # Straight to fd 2: an inline plugin's output capture may hold sys.stderr right now.
         note = f"SIGTERM: letting the release under way finish, for at most {grace:g} s"
         if _log_format[0] == "json":
