@@ -26,6 +26,7 @@ from turnout.errors import (
 )
 from turnout.refs import PluginRef
 from turnout.registry import Registry
+from turnout.releases import Claim
 from turnout.runtime import Turnout
 
 
@@ -75,6 +76,54 @@ def test_migration_0008_copies_each_recorded_customer_into_its_column(
     registry.close()
     with Turnout(registry_url) as tt:
         assert [r.id for r in tt.ledger.recent(customer="acme")] == ["r0"]
+
+
+def test_migration_0009_scopes_recorded_keys_by_customer(registry_url: str) -> None:
+    """After 0009 a recorded release keeps answering for its key, under its customer, and
+    another customer may use the same key on the same target (SQLite and PostgreSQL)."""
+    from alembic import command
+
+    registry = Registry(registry_url)
+    with registry.engine.begin() as conn:  # the fixture migrated it: back to 0008
+        command.downgrade(_db._alembic_config(conn), "0008")
+    with registry.engine.begin() as conn:
+        for rid, customer in (("r0", "acme"), ("r1", None)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO releases (id, target, idempotency_key, fingerprint, plugin_id, "
+                    "plugin_version, artifact, context, customer, status, attempts, started_at) "
+                    "VALUES (:id, 't', :id, 'f', 'echo', '1.0.0', 'a', :context, :customer, "
+                    "'succeeded', 1, :at)"
+                ),
+                {
+                    "id": rid,
+                    "context": json.dumps({"customer": customer} if customer else {}),
+                    "customer": customer,
+                    "at": datetime.now(UTC),
+                },
+            )
+    _db.upgrade(registry.engine)
+    with registry.engine.connect() as conn:
+        scopes = dict(conn.execute(sa.text("SELECT id, key_scope FROM releases")).all())
+    assert scopes == {"r0": "acme", "r1": ""}
+    registry.close()
+    with Turnout(registry_url) as tt:
+        found = tt.ledger.find("t", "r0", "acme")
+        assert found is not None
+        assert found.id == "r0"
+        assert tt.ledger.find("t", "r0") is None  # not nobody's key
+        assert tt.ledger.find("t", "r1") is not None
+        # The old constraint is gone: another customer's claim of r0's key is a release.
+        other = tt.ledger.claim(
+            target="t",
+            key="r0",
+            fingerprint="g",
+            plugin_ref=PluginRef.parse("echo@1.0.0"),
+            artifact="a",
+            context={"customer": "globex"},
+        )
+        assert isinstance(other, Claim)
+        assert other.id != "r0"
 
 
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:

@@ -97,9 +97,33 @@ def test_release_same_key_different_request_is_refused(tt: Turnout, calls_file: 
     assert raised.value.differs == ["artifact"]
     assert raised.value.exit_code == 65
     with pytest.raises(KeyMismatchError):
-        tt.release("site", "a.tgz", key="k1", context={"customer": "other"})
+        tt.release("site", "a.tgz", key="k1", context={"plan": "other"})
     assert len(read_calls(calls_file)) == 1
     assert tt.ledger.get(first.id) == first
+
+
+def test_release_keys_are_scoped_per_customer(tt: Turnout, calls_file: Path) -> None:
+    # S7: two customers using the same low-entropy key on one target get a release each;
+    # neither is refused because of the other, nor told about it.
+    echo_target(tt, calls_file)
+    acme = tt.release("site", "a.tgz", key="42", context={"customer": "acme"})
+    globex = tt.release("site", "b.tgz", key="42", context={"customer": "globex", "plan": "pro"})
+    nobody = tt.release("site", "c.tgz", key="42")
+    assert len({acme.id, globex.id, nobody.id}) == 3
+    assert [r.reused for r in (acme, globex, nobody)] == [False] * 3
+    assert tt.release("site", "a.tgz", key="42", context={"customer": "acme"}).id == acme.id
+    with pytest.raises(KeyMismatchError) as raised:  # within one customer, keys still bind
+        tt.release("site", "z.tgz", key="42", context={"customer": "globex"})
+    assert raised.value.release_id == globex.id
+    assert acme.id not in str(raised.value)
+    assert nobody.id not in str(raised.value)
+    found = {who: tt.ledger.find("site", "42", who) for who in ("acme", "globex", None)}
+    assert {who: r.id for who, r in found.items() if r} == {
+        "acme": acme.id,
+        "globex": globex.id,
+        None: nobody.id,
+    }
+    assert [c["key"] for c in read_calls(calls_file)] == ["42", "42", "42"]
 
 
 def test_release_keys_are_scoped_per_target(tt: Turnout, calls_file: Path) -> None:

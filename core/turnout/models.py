@@ -116,7 +116,8 @@ class Release(SQLModel, table=True):
 
     __tablename__ = "releases"
     __table_args__ = (
-        UniqueConstraint("target", "idempotency_key"),
+        # A key is one release per target and customer (key_scope): see Ledger.claim.
+        UniqueConstraint("target", "key_scope", "idempotency_key", name="uq_releases_key"),
         Index("ix_releases_target_started_at", "target", "started_at"),
         # Covering for Ledger.timeline (the dashboard's charts): it counts releases per
         # target, version, status and time slice from this index alone, never reading a row.
@@ -143,6 +144,9 @@ class Release(SQLModel, table=True):
     context: dict[str, str] = _json()
     customer: str | None = None
     """The context's ``customer``, copied: indexed, where the context (JSON) cannot be."""
+    key_scope: str = Field(default="", sa_column_kwargs={"server_default": sa.text("''")})
+    """Whose key it is: the customer (``""`` without one). Keys are unique per target and
+    scope, so customers who use the same key on one target never meet."""
     status: str = Field(index=True)
     attempts: int
     result: dict[str, Any] | None = _json(nullable=True)

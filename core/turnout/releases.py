@@ -395,7 +395,9 @@ class Ledger:
         self._by_id = TABLE.select().where(TABLE.c.id == sa.bindparam("rid"))
         self._token = sa.select(TABLE.c.token).where(TABLE.c.id == sa.bindparam("rid"))
         self._by_target_key = TABLE.select().where(
-            TABLE.c.target == sa.bindparam("t"), TABLE.c.idempotency_key == sa.bindparam("k")
+            TABLE.c.target == sa.bindparam("t"),
+            TABLE.c.key_scope == sa.bindparam("s"),
+            TABLE.c.idempotency_key == sa.bindparam("k"),
         )
         self._revision = sa.select(_TARGETS.c.revision).where(_TARGETS.c.name == sa.bindparam("t"))
         self._moves: dict[tuple[Status, tuple[str, ...]], sa.Update] = {}
@@ -445,6 +447,7 @@ class Ledger:
             "artifact": artifact,
             "context": context,
             "customer": context.get("customer"),
+            "key_scope": key_scope(context),
             "status": Status.RUNNING.value,
             "attempts": 1,
             "token": secrets.token_hex(8),
@@ -463,7 +466,7 @@ class Ledger:
                 self._supersede(conn, replay_of, target, key)  # refused: nothing is written
         if inserted:
             return Claim(values["id"], values["token"], values)
-        existing = self._row(target=target, key=key)
+        existing = self._row(target=target, key=key, scope=values["key_scope"])
         if existing is None:  # pragma: no cover - a conflict means the row exists
             raise RuntimeError(f"claim on {target}/{key} conflicted but no row was found")
         if existing["fingerprint"] != fingerprint:
@@ -670,9 +673,10 @@ class Ledger:
         row = self._row(release_id=release_id)
         return None if row is None else ReleaseRecord.from_row(row)
 
-    def find(self, target: str, key: str) -> ReleaseRecord | None:
-        """The release claimed for (target, key), if any, marked as reused."""
-        row = self._row(target=target, key=key)
+    def find(self, target: str, key: str, customer: str | None = None) -> ReleaseRecord | None:
+        """The release claimed for ``key`` on ``target`` by ``customer`` (by no customer when
+        ``None``: keys are scoped per target and customer), if any, marked as reused."""
+        row = self._row(target=target, key=key, scope=customer or "")
         return None if row is None else ReleaseRecord.from_row(row, reused=True)
 
     def recent(
@@ -812,13 +816,18 @@ class Ledger:
         return [ReleaseRecord.from_row(row) for row in rows]
 
     def _row(
-        self, *, release_id: str | None = None, target: str | None = None, key: str | None = None
+        self,
+        *,
+        release_id: str | None = None,
+        target: str | None = None,
+        key: str | None = None,
+        scope: str = "",
     ) -> RowMapping | None:
         params: dict[str, Any]
         if release_id is not None:
             statement, params = self._by_id, {"rid": release_id}
         else:
-            statement, params = self._by_target_key, {"t": target, "k": key}
+            statement, params = self._by_target_key, {"t": target, "s": scope, "k": key}
         with _db.reader(self.engine) as conn:
             return conn.execute(statement, params).mappings().first()
 
@@ -947,8 +956,14 @@ def _filtered(
     return query
 
 
+def key_scope(context: Mapping[str, str]) -> str:
+    """Whose idempotency key a release's is: its customer's, or nobody's (``""``)."""
+    return context.get("customer") or ""
+
+
 def _insert_unless_claimed(dialect: str) -> Any:
-    """``INSERT ... ON CONFLICT (target, idempotency_key) DO NOTHING`` for ``dialect``.
+    """``INSERT ... ON CONFLICT (target, key_scope, idempotency_key) DO NOTHING`` for
+    ``dialect``.
 
     A repeated key inserts nothing (rowcount 0) instead of failing on the unique constraint:
     on PostgreSQL a failed insert logs an error, rolls back and leaves a dead tuple, and a
@@ -961,7 +976,7 @@ def _insert_unless_claimed(dialect: str) -> Any:
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - turnout's registry is SQLite or PostgreSQL
         raise ValueError(f"unsupported registry database {dialect!r}")
-    conflict = [TABLE.c.target, TABLE.c.idempotency_key]
+    conflict = [TABLE.c.target, TABLE.c.key_scope, TABLE.c.idempotency_key]
     statement = insert(TABLE).on_conflict_do_nothing(index_elements=conflict)
     # SQLAlchemy reports an INSERT's rowcount only when asked to keep it (2.0.28+).
     return statement.execution_options(preserve_rowcount=True)

@@ -249,7 +249,7 @@ class Turnout:
                 call = self._prepare(spec, ref)
             except ConfigurationError:
                 # A key that was already released still answers with its outcome.
-                earlier = self.ledger.find(spec.name, key)
+                earlier = self.ledger.find(spec.name, key, ctx.get("customer"))
                 if earlier is None or not earlier.status.terminal or earlier.fingerprint != print_:
                     raise
                 return earlier.raise_for_status()
