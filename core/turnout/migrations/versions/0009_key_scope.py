@@ -46,7 +46,7 @@ def _drop_old_constraint() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":  # named by the server (or by a downgrade): look it up
         (name,) = [
-            unique["name"]
+            str(unique["name"])
             for unique in sa.inspect(bind).get_unique_constraints("releases")
             if unique["column_names"] == ["target", "idempotency_key"]
         ]
