@@ -319,6 +319,47 @@ def test_replay_filters_by_customer_status_and_dry_run(tt: Turnout, calls_file: 
     assert len(read_calls(calls_file)) == 2
 
 
+def test_replay_cli_stops_between_releases_on_sigterm(
+    db_path: Path, calls_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # F10 for a command of several releases: SIGTERM lets the replay under way finish, then
+    # no other starts; running the same replay again does the rest, each once.
+    import os
+    import signal
+    import threading
+
+    with Turnout(str(db_path)) as handle:
+        failing = {"calls": str(calls_file), "fail_with": "permanent"}
+        handle.set_target("site", "echo@1.0.0", config=failing, isolation="inline")
+        for n in range(3):
+            with pytest.raises(ReleaseFailedError):
+                handle.release("site", "a.tgz", key=f"k{n}")
+        fixed = {"calls": str(calls_file), "sleep": 1}
+        handle.set_target("site", "echo@1.0.0", config=fixed, isolation="inline")
+    monkeypatch.setenv("TURNOUT_TERM_GRACE", "30")
+    runner = CliRunner()
+    stop = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    stop.start()
+    try:
+        first = runner.invoke(cli, ["--db", str(db_path), "replay", "--since", "1h"])
+    finally:
+        stop.cancel()
+    assert first.exit_code == 75, first.stderr
+    assert "stopped by SIGTERM between two releases" in first.stderr
+    assert "run it again for the rest" in first.stderr
+    with Turnout(str(db_path)) as handle:
+        replays = [r for r in handle.ledger.recent(target="site") if r.replay_of]
+    assert [r.status for r in replays] == [Status.SUCCEEDED]  # the one under way finished
+    rest = runner.invoke(cli, ["--db", str(db_path), "replay", "--since", "1h"])
+    assert rest.exit_code == 0, rest.stderr
+    with Turnout(str(db_path)) as handle:
+        replays = [r for r in handle.ledger.recent(target="site") if r.replay_of]
+    assert sorted(r.replay_of or "" for r in replays) == sorted(
+        {r.replay_of or "" for r in replays}
+    )
+    assert len(replays) == 3
+
+
 def test_replay_and_reconcile_cli(db_path: Path, calls_file: Path) -> None:
     runner = CliRunner()
 

@@ -69,20 +69,26 @@ class _Group(click.Group):
             _say(f"error: {exc}", style="red")
             ctx.exit(exc.exit_code)
         except Interrupted as exc:
-            _say(
-                f"interrupted: {exc}; the release under way is recorded unknown (it may have "
-                "deployed): ask again with the same key, or run turnout reconcile",
-                style="red",
-            )
+            if exc.midway:
+                then = (
+                    "the release under way is recorded unknown (it may have deployed): ask "
+                    "again with the same key, or run turnout reconcile"
+                )
+            else:
+                then = "every release it finished is recorded; run it again for the rest"
+            _say(f"interrupted: {exc}; {then}", style="red")
             ctx.exit(exc.exit_code)
 
 
 @contextlib.contextmanager
-def _finish_on_sigterm() -> Iterator[None]:
+def _finish_on_sigterm() -> Iterator[Callable[[], None]]:
     """While inside, SIGTERM lets the release under way finish for ``TURNOUT_TERM_GRACE``
     seconds, then raises :class:`~turnout.errors.Interrupted` in it (it is recorded
     ``unknown``, and the command exits 75); a second SIGTERM raises it at once. Outside,
     SIGTERM does what it did before.
+
+    Yields a function for commands of several releases to call between two of them: once
+    SIGTERM came, it raises ``Interrupted`` there, so that no other release starts.
 
     A job runner stopping its job (a Kubernetes pod deleted, a CI job cancelled) sends SIGTERM,
     then SIGKILL some seconds later: set the grace below that.
@@ -90,8 +96,15 @@ def _finish_on_sigterm() -> Iterator[None]:
     import signal
     import threading
 
+    told = [False]
+
+    def between() -> None:
+        if told[0]:
+            raise Interrupted(grace, midway=False)
+
     if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
+        grace = 0.0
+        yield between  # signals reach the main thread only
         return
     raw = os.environ.get(TERM_GRACE_ENV, "").strip()
     try:
@@ -105,8 +118,9 @@ def _finish_on_sigterm() -> Iterator[None]:
         raise Interrupted(grace)
 
     def on_term(_signum: int, _frame: object) -> None:
-        if grace == 0 or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+        if grace == 0 or told[0]:
             raise Interrupted(grace)  # no grace, or a second SIGTERM: stop now
+        told[0] = True
         # Straight to fd 2: an inline plugin's output capture may hold sys.stderr right now.
         note = f"SIGTERM: letting the release under way finish, for at most {grace:g} s"
         if _log_format[0] == "json":
@@ -119,7 +133,7 @@ def _finish_on_sigterm() -> Iterator[None]:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        yield
+        yield between
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGTERM, previous)
@@ -1637,7 +1651,8 @@ def reconcile_command(
     if verdict is not None:
         raise UsageError("--as needs a RELEASE_ID")
     handle.registry.ensure_schema()
-    results = handle.reconcile(target=target_name)
+    with _finish_on_sigterm() as between:
+        results = handle.reconcile(target=target_name, progress=lambda _done: between())
     if as_json:
         _print_json([r.to_dict() for r in results])
     elif not results:
@@ -1799,8 +1814,16 @@ def replay_command(
         if as_json:
             _print_json([])
         return
-    with _progress(len(originals), "replaying" if not dry_run else "planning") as advance:
-        replays = handle.replay(originals, dry_run=dry_run, progress=lambda _item: advance())
+    with (
+        _finish_on_sigterm() as between,
+        _progress(len(originals), "replaying" if not dry_run else "planning") as advance,
+    ):
+
+        def step(_item: object) -> None:
+            advance()
+            between()  # after SIGTERM, no other release starts
+
+        replays = handle.replay(originals, dry_run=dry_run, progress=step)
     rows = [
         {
             "original": r.original.id,

@@ -308,6 +308,13 @@ class Interrupted(BaseException):
 
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, *, midway: bool = True) -> None:
         self.grace = grace
-        super().__init__(f"stopped by SIGTERM after its grace period of {grace:g} s")
+        self.midway = midway
+        """True when a release was under way (and is recorded ``unknown``); false when a
+        command of several releases stopped between two of them."""
+        super().__init__(
+            f"stopped by SIGTERM after its grace period of {grace:g} s"
+            if midway
+            else "stopped by SIGTERM between two releases"
+        )

@@ -477,11 +477,17 @@ class Turnout:
 
     # Reconciling and replaying -------------------------------------------------------------
 
-    def reconcile(self, *, target: str | None = None) -> list[Reconciliation]:
+    def reconcile(
+        self,
+        *,
+        target: str | None = None,
+        progress: Callable[[Reconciliation], None] | None = None,
+    ) -> list[Reconciliation]:
         """Settle every release whose runner died mid-call, and retry every ``unknown`` one.
 
         Each goes through :meth:`release` with its own key and request, which takes it over
         and asks the plugin's probe, re-invokes it (idempotent targets), or leaves it unknown.
+        ``progress`` is called after each.
         """
         results = []
         for record in self.ledger.abandoned(target=target):
@@ -495,6 +501,8 @@ class Turnout:
                 results.append(Reconciliation(record, after, None))
             except TurnoutError as exc:
                 results.append(Reconciliation(record, _record_of(exc), exc))
+            if progress is not None:
+                progress(results[-1])
         return results
 
     def settle(
