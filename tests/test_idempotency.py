@@ -111,6 +111,33 @@ def test_idempotency_takeover_of_an_idempotent_target_calls_again(
     assert read_calls(calls_file) == [{"key": "k1", "attempt": 2}]
 
 
+def test_idempotency_takeover_interrupted_while_probing_is_left_unknown_at_once(
+    tt: Turnout, calls_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM's grace ran out during a takeover's probe: recorded unknown (not held until
+    # the lease ends), so that the next call, or turnout reconcile, asks again at once.
+    from turnout.errors import Interrupted
+
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file)}, isolation="inline")
+    claim = dead_runner_claim(tt, "site", "a.tgz", "k1")
+    releaser = tt._releaser(tt.registry.get_target("site").plugin_ref, "inline")
+
+    def stopped(**_kwargs: Any) -> Any:
+        raise Interrupted(1.0)
+
+    monkeypatch.setattr(releaser, "probe", stopped)
+    with pytest.raises(Interrupted):
+        tt.release("site", "a.tgz", key="k1")
+    record = tt.ledger.get(claim.id)
+    assert record is not None
+    assert (record.status, record.error_type) == (Status.UNKNOWN, "turnout.errors.Interrupted")
+    assert "while asking the plugin's probe" in (record.error or "")
+    monkeypatch.undo()
+    again = tt.release("site", "a.tgz", key="k1")  # at once: no lease to wait for
+    assert (again.id, again.status) == (claim.id, Status.SUCCEEDED)
+    assert [c["attempt"] for c in read_calls(calls_file)] == [2]
+
+
 def test_idempotency_settle_unknown_as_succeeded_or_failed(tt: Turnout, calls_file: Path) -> None:
     tt.set_target("site", "plain@0.1.0", config={"calls": str(calls_file)})
     deployed = dead_runner_claim(tt, "site", "a.tgz", "k1")

@@ -1286,6 +1286,15 @@ class _Attempts:
                 idempotency_key=self.key,
                 timeout=self.spec.timeout,
             )
+        except Interrupted as exc:  # told to stop while asking: it is still not known
+            self.ledger.move(
+                self.claim,
+                Status.UNKNOWN,
+                error=f"interrupted: {exc} (while asking the plugin's probe)",
+                error_type=qualified_name(Interrupted),
+                retryable=True,
+            )
+            raise
         except Exception as exc:  # noqa: BLE001 - a failed probe answers nothing
             return self.ledger.move(
                 self.claim, Status.UNKNOWN, error=self._message(exc), retryable=True
