@@ -250,7 +250,7 @@ def test_cli_sigterm_grace_then_interrupt_and_a_second_sigterm_at_once(
     assert time.monotonic() - started < 20  # cut at the end of the grace, not of the work
     monkeypatch.setenv("TURNOUT_TERM_GRACE", "60")
     started = time.monotonic()
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match="stopped by a second SIGTERM"):
         terminated(2)  # a second one: now
     assert time.monotonic() - started < 20  # not at the end of the grace, nor of the work
     assert signal.getsignal(signal.SIGTERM) == before  # put back on the way out

@@ -50,21 +50,29 @@ def _usable_cpus() -> int:
     return cpus
 
 
-CPUS = _usable_cpus()
-_spare = [False, -1.0]  # whether a CPU is spare, and when that was read
+class _SpareCpu:
+    """Whether no more tasks are runnable than this process has CPUs (read at most every
+    20 ms; the CPUs once, on first use)."""
+
+    def __init__(self) -> None:
+        self.cpus = 0
+        self.spare = False
+        self.read_at = -1.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.read_at > 0.02:
+            self.cpus = self.cpus or _usable_cpus()
+            try:
+                with open("/proc/loadavg", "rb") as loadavg:
+                    running = int(loadavg.read().split()[3].split(b"/")[0])
+            except (OSError, ValueError, IndexError):
+                running = self.cpus + 1
+            self.spare, self.read_at = self.cpus > 1 and running <= self.cpus, now
+        return self.spare
 
 
-def _cpu_to_spare() -> bool:
-    """Whether no more tasks are runnable than there are CPUs (read at most every 20 ms)."""
-    now = time.monotonic()
-    if now - _spare[1] > 0.02:
-        try:
-            with open("/proc/loadavg", "rb") as loadavg:
-                running = int(loadavg.read().split()[3].split(b"/")[0])
-        except (OSError, ValueError, IndexError):
-            running = CPUS + 1
-        _spare[:] = [CPUS > 1 and running <= CPUS, now]
-    return bool(_spare[0])
+_cpu_to_spare = _SpareCpu()
 
 
 class MalformedResultError(Exception):
@@ -132,7 +140,7 @@ def spin(poller: select.poll, seconds: float) -> bool:
     blocking wait costs more than the exchange itself (tens of microseconds on a virtual CPU).
     The side that expects an answer soon polls for a moment first, yielding the CPU on every
     turn, then blocks as before. It spins only while a CPU is spare (no more runnable tasks
-    than usable CPUs, see :func:`_cpu_to_spare`): on a busy machine, several runners with their
+    than usable CPUs, see :class:`_SpareCpu`): on a busy machine, several runners with their
     workers say, a spinning process would take the CPU the other side needs, and fewer
     releases would get through.
     """
@@ -163,15 +171,8 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return bytes(chunks)
 
 
-def read_frame(fd: int, awake: float = 0.0) -> dict[str, Any] | None:
-    """Read one message from a blocking fd; ``None`` at end of stream.
-
-    With ``awake``, poll for up to that many seconds (:func:`spin`) before blocking.
-    """
-    if awake:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-        spin(poller, awake)
+def read_frame(fd: int) -> dict[str, Any] | None:
+    """Read one message from a blocking fd; ``None`` at end of stream."""
     header = _read_exactly(fd, HEADER.size)
     if header is None:
         return None
@@ -412,8 +413,11 @@ def serve(requests: int, responses: int) -> int:
         return 3
     _write_all(responses, encode_frame({"ok": True, "pid": os.getpid()}))
     worker = os.getpid()
+    next_request = select.poll()
+    next_request.register(requests, select.POLLIN | select.POLLHUP)
     while True:
-        request = read_frame(requests, awake=WORKER_SPIN)
+        spin(next_request, WORKER_SPIN)  # awake for a moment: the next request may be close
+        request = read_frame(requests)
         if request is None or request.get("op") == "stop":
             return 0
         stopping = False

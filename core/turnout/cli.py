@@ -96,16 +96,6 @@ def _finish_on_sigterm() -> Iterator[Callable[[], None]]:
     import signal
     import threading
 
-    told = [False]
-
-    def between() -> None:
-        if told[0]:
-            raise Interrupted(grace, midway=False)
-
-    if threading.current_thread() is not threading.main_thread():
-        grace = 0.0
-        yield between  # signals reach the main thread only
-        return
     raw = os.environ.get(TERM_GRACE_ENV, "").strip()
     try:
         grace = float(raw) if raw else DEFAULT_TERM_GRACE
@@ -113,14 +103,24 @@ def _finish_on_sigterm() -> Iterator[Callable[[], None]]:
         raise UsageError(f"{TERM_GRACE_ENV} must be a number of seconds, not {raw!r}") from None
     if grace < 0:
         raise UsageError(f"{TERM_GRACE_ENV} must be 0 or more seconds, not {raw!r}")
+    told = False
+
+    def between() -> None:
+        if told:
+            raise Interrupted(grace, midway=False)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield between  # signals reach the main thread only
+        return
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise Interrupted(grace)
 
     def on_term(_signum: int, _frame: object) -> None:
-        if grace == 0 or told[0]:
-            raise Interrupted(grace)  # no grace, or a second SIGTERM: stop now
-        told[0] = True
+        nonlocal told
+        if grace == 0 or told:
+            raise Interrupted(None if told else grace)  # no grace, or a second SIGTERM: now
+        told = True
         # Straight to fd 2: an inline plugin's output capture may hold sys.stderr right now.
         note = f"SIGTERM: letting the release under way finish, for at most {grace:g} s"
         if _log_format[0] == "json":

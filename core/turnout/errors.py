@@ -308,13 +308,16 @@ class Interrupted(BaseException):
 
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
-    def __init__(self, grace: float, *, midway: bool = True) -> None:
+    def __init__(self, grace: float | None, *, midway: bool = True) -> None:
         self.grace = grace
+        """Seconds the release under way was given; ``None`` when a second SIGTERM cut it."""
         self.midway = midway
         """True when a release was under way (and is recorded ``unknown``); false when a
         command of several releases stopped between two of them."""
-        super().__init__(
-            f"stopped by SIGTERM after its grace period of {grace:g} s"
-            if midway
-            else "stopped by SIGTERM between two releases"
-        )
+        if not midway:
+            message = "stopped by SIGTERM between two releases"
+        elif grace is None:
+            message = "stopped by a second SIGTERM"
+        else:
+            message = f"stopped by SIGTERM after its grace period of {grace:g} s"
+        super().__init__(message)
