@@ -17,7 +17,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +54,14 @@ def turnout(*args: str, expect: int = 0, quiet: bool = False) -> str:
     return done.stdout
 
 
-def make_build(number: int) -> Path:
-    """A .tar.gz of demo/site with its build number filled in."""
-    build = WORK / f"build-{number}"
+def make_build(number: int, work: Path = WORK) -> Path:
+    """A .tar.gz of demo/site with its build number filled in, in ``work``."""
+    build = work / f"build-{number}"
+    shutil.rmtree(build, ignore_errors=True)
     shutil.copytree(ROOT / "demo" / "site", build)
     index = build / "index.html"
     index.write_text(index.read_text().replace("@BUILD@", str(number)))
-    archive = WORK / f"site-{number}.tar.gz"
+    archive = work / f"site-{number}.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(build, arcname=".")
     return archive
@@ -244,17 +249,9 @@ def seeing(release_id: str) -> None:
 def dashboard(stats: dict[str, Any]) -> None:
     """The same numbers in the dashboard: serve it for a moment and read its API and overview."""
     step("The dashboard: turnout serve, read-only on loopback; its /api/ answers as --json does")
-    command = [TURNOUT, "--db", str(DB), "serve", "--port", "0"]
-    env = {k: v for k, v in os.environ.items() if k != "TURNOUT_SERVE_TOKEN"}
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    try:
-        assert server.stderr is not None  # noqa: S101 - PIPE above
-        announced = server.stderr.readline()
-        print(f"$ turnout --db .demo/registry.db serve --port 0\n{announced.rstrip()}", flush=True)
-        found = re.search(r"(http://\S+?)/ ", announced)
-        if found is None:
-            sys.exit(f"demo: turnout serve did not start: {announced}{server.stderr.read()}")
-        url = found.group(1)
+    with serve(str(DB), WORK) as url:
+        announced = (WORK / "serve.log").read_text().splitlines()[0]
+        print(f"$ turnout --db .demo/registry.db serve --port 0\n{announced}", flush=True)
         served = json.loads(_get(f"{url}/api/stats?by=version"))
         if served["groups"] != stats["groups"]:
             sys.exit(f"demo: /api/stats differs from stats --json: {served} vs {stats}")
@@ -263,10 +260,46 @@ def dashboard(stats: dict[str, Any]) -> None:
         if 'data-target="demo-site"' not in page:
             sys.exit("demo: the overview does not show demo-site")
         print(f"GET {url}/: the overview shows demo-site and its versions ({len(page)} bytes)")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     print("\nTo look around: turnout --db .demo/registry.db serve, then open http://127.0.0.1:8000")
+
+
+@contextmanager
+def serve(db: str, work: Path, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """``turnout --db DB serve --port 0``, read-only, while the block runs; yields its URL once
+    it answers. What it says goes to ``work/serve.log``."""
+    command = [TURNOUT, "--db", db, "serve", "--host", "127.0.0.1", "--port", "0"]
+    environment = {k: v for k, v in (env or os.environ).items() if k != "TURNOUT_SERVE_TOKEN"}
+    log = work / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, env=environment, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    try:
+        yield _answering(process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _answering(process: subprocess.Popen[bytes], log: Path) -> str:
+    """The URL the server announced, once it answers there."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"demo: turnout serve exited:\n{log.read_text()}")
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)/", log.read_text())
+        if found:
+            try:
+                _get(found[1] + "/api/targets")
+                return found[1]
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+        time.sleep(0.1)
+    sys.exit(f"demo: turnout serve did not answer in 20 s:\n{log.read_text()}")
 
 
 def _get(url: str) -> str:

@@ -17,24 +17,19 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
+
+from demo import ROOT, make_build, serve  # demo/demo.py, beside this file
 
 from turnout import Turnout
 from turnout.errors import ReleaseFailedError
 from turnout.models import utcnow
 from turnout.store import InstallRequest
 
-ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "images" / "overview.png"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -47,7 +42,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TURNOUT = shutil.which("turnout", path=str(Path(sys.executable).parent)) or "turnout"
 CUSTOMERS = [
     "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka", "tyrell",
     "cyberdyne", "soylent", "oscorp", "aperture", "massive", "vandelay", "gringotts",
@@ -71,7 +65,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{work / 'registry.db'}"
         build_world(url, work)
-        with serve(url, work) as base:
+        with serve(url, work, {**os.environ, "TURNOUT_HOME": str(work / "home")}) as base:
             photograph(base + "/", args.out)
     print(f"screenshot: wrote {args.out}")
 
@@ -89,7 +83,7 @@ def build_world(url: str, work: Path) -> None:
             tt.install_plugin(InstallRequest(spec=str(plugin_build(work, version))))
         # Releases happen now; the ledger records them as if they had started `back` ago.
         tt.ledger.clock = lambda: utcnow() - back[0]
-        builds = [site_build(work, n) for n in range(1, 6)]
+        builds = [make_build(n, work) for n in range(1, 6)]
         www = work / "www"
 
         def target(name: str, version: str, why: str) -> None:
@@ -155,56 +149,7 @@ def plugin_build(work: Path, version: str) -> Path:
     return source
 
 
-def site_build(work: Path, number: int) -> Path:
-    """A .tar.gz of demo/site with its build number filled in."""
-    build = work / f"build-{number}"
-    shutil.rmtree(build, ignore_errors=True)
-    shutil.copytree(ROOT / "demo" / "site", build)
-    index = build / "index.html"
-    index.write_text(index.read_text().replace("@BUILD@", str(number)))
-    archive = work / f"site-{number}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(build, arcname=".")
-    return archive
-
-
 # The server and the browser -----------------------------------------------------------------
-
-
-@contextmanager
-def serve(url: str, work: Path) -> Iterator[str]:
-    """``turnout serve --port 0``, read-only, while the block runs; yields its URL."""
-    command = [TURNOUT, "--db", url, "serve", "--host", "127.0.0.1", "--port", "0"]
-    env = {**os.environ, "TURNOUT_HOME": str(work / "home")}
-    env.pop("TURNOUT_SERVE_TOKEN", None)
-    log = work / "serve.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        yield wait_until_it_answers(process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until_it_answers(process: subprocess.Popen[bytes], log: Path) -> str:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"screenshot: turnout serve exited:\n{log.read_text()}")
-        found = re.search(r"on (http://127\.0\.0\.1:\d+)/", log.read_text())
-        if found:
-            try:
-                with urllib.request.urlopen(found[1] + "/api/targets", timeout=1):  # noqa: S310 - our own http:// URL
-                    return found[1]
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-        time.sleep(0.1)
-    sys.exit(f"screenshot: turnout serve did not answer in 20 s:\n{log.read_text()}")
 
 
 def photograph(url: str, out: Path) -> None:
