@@ -687,7 +687,9 @@ def test_f7_registry_lost_mid_release_is_a_clear_temporary_error_then_reconciled
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     err = (tmp_path / "lost.err").read_text()
     where = url.split("://", 1)[1]  # as errors show it: with its driver, without a password
-    assert f"error: registry postgresql+psycopg://{where} is unavailable" in err
+    assert "error: release " in err
+    assert "but its outcome could not be recorded: " in err
+    assert f"registry postgresql+psycopg://{where} is unavailable" in err
     assert "Traceback" not in err  # the heartbeat's failures too are one line each
     with Turnout(url) as tt:
         record = tt.ledger.find("site", "k1")

@@ -92,7 +92,7 @@ def translate_errors(url: URL) -> Iterator[None]:
         if "no such table" in message or "does not exist" in message:
             raise DatabaseNotMigratedError(display_url(url), None, SCHEMA_HEAD) from exc
         raise RegistryUnavailableError(
-            f"registry {display_url(url)} is unavailable: {message.strip()}"
+            f"registry {display_url(url)} is unavailable: {message.strip()}{_hint(message)}"
         ) from exc
     except sa.exc.ProgrammingError as exc:
         message = str(exc.orig) if exc.orig is not None else str(exc)
@@ -102,9 +102,30 @@ def translate_errors(url: URL) -> Iterator[None]:
             f"registry {display_url(url)} refused a query: {message.strip()}"
         ) from exc
     except sa.exc.DBAPIError as exc:
+        message = str(exc.orig).strip()
         raise RegistryUnavailableError(
-            f"registry {display_url(url)} failed: {str(exc.orig).strip()}"
+            f"registry {display_url(url)} failed: {message}{_hint(message)}"
         ) from exc
+
+
+_HINTS = (
+    (
+        "readonly database",
+        "make the database file, its folder and its -wal and -shm files writable for this user",
+    ),
+    ("disk is full", "free space on the disk that holds the database and its -wal file"),
+    (
+        "read-only transaction",
+        "the server takes no writes (a standby, or default_transaction_read_only is on): "
+        "point the URL at the primary",
+    ),
+    ("No space left on device", "free space on the database server's disk"),
+)
+"""What to do about a driver error that says the database cannot be written."""
+
+
+def _hint(message: str) -> str:
+    return next((f" ({fix})" for known, fix in _HINTS if known in message), "")
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ from turnout.errors import (
     LeaseLostError,
     PluginInstallError,
     PluginNotInstalledError,
+    RegistryUnavailableError,
     StaleRevisionError,
     TurnoutError,
     UnknownTargetError,
@@ -1370,8 +1371,8 @@ class _Attempts:
             log.warning("release %s: %s", record.id, record.error, extra=self.extra)
             raise
         except BaseException as exc:
-            record = self.ledger.move(
-                self.claim,
+            record = self._settle(
+                count,
                 Status.TIMED_OUT if isinstance(exc, WorkerTimeoutError) else Status.FAILED,
                 error=self._message(exc),
                 error_type=_error_type(exc),
@@ -1397,8 +1398,8 @@ class _Attempts:
                         exc.code = _secrets.redact(str(exc.code), self.secrets)
                 raise
             return record
-        record = self.ledger.move(
-            self.claim,
+        record = self._settle(
+            count,
             Status.SUCCEEDED,
             result=self._redacted(result),
             error=None,
@@ -1407,6 +1408,21 @@ class _Attempts:
         )
         log.info("release %s succeeded after %d attempt(s)", record.id, count, extra=self.extra)
         return record
+
+    def _settle(self, count: int, to: Status, **values: Any) -> ReleaseRecord:
+        """Record the outcome of the attempts. A registry that cannot take it (down, read-only,
+        disk full) leaves the claim as it was: the error says the release ran, and how it is
+        settled later."""
+        try:
+            return self.ledger.move(self.claim, to, **values)
+        except RegistryUnavailableError as exc:
+            message = (
+                f"release {self.claim.id} ran ({to.value} after {count} attempt(s)) but its "
+                f"outcome could not be recorded: {exc}. It stays claimed until its lease ends; "
+                "then the same key again, or turnout reconcile, settles it"
+            )
+            log.error("%s", message, extra=self.extra)
+            raise RegistryUnavailableError(message) from exc
 
     def _note(
         self, number: int, started: datetime, clock: float, exc: BaseException | None
