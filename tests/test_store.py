@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import pytest
 from helpers import FIXTURES, build_wheel, read_calls
 
 from turnout import PluginLoadError, PluginNotInstalledError, Status, Turnout
-from turnout.errors import PluginInstallError, UsageError
+from turnout.errors import ConfigurationError, PluginInstallError, UsageError
 from turnout.store import InstallRequest, tree_hashes
 from turnout.worker import WorkerReleaser
 
@@ -517,6 +518,48 @@ def test_store_worker_stays_warm_and_restarts_after_dying(tt: Turnout, wheelhous
     assert tt.release("site", "a.tgz", key="k3").status is Status.SUCCEEDED
     (fresh,) = releaser.pids()
     assert fresh != pid
+
+
+@pytest.mark.usefixtures("plugin_site")
+def test_store_workers_idle_too_long_are_stopped_at_the_next_call(
+    tt: Turnout, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A version nobody calls any more (a rollback moved its targets) does not keep a process
+    # for the life of the job runner: the next call of any version stops it.
+    monkeypatch.setenv("TURNOUT_WORKER_IDLE_SECONDS", "1")
+    tt.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
+    tt.set_target("old", "echo@1.0.0")  # turnout's own environment, in a worker process
+    tt.set_target("new", "echo@2.0.0")
+    tt.release("old", "a.tgz", key="k1")
+    (old,) = [r for r in tt._releasers.values() if str(r.spec.ref) == "echo@1.0.0"]
+    assert isinstance(old, WorkerReleaser)
+    (pid,) = old.pids()
+    tt.release("old", "a.tgz", key="k2")
+    assert old.pids() == [pid]  # called within the second: still warm
+    time.sleep(1.2)  # idle for longer than TURNOUT_WORKER_IDLE_SECONDS
+    with caplog.at_level(logging.INFO, logger="turnout.worker"):
+        assert tt.release("new", "a.tgz", key="k1").status is Status.SUCCEEDED
+    assert old.pids() == []
+    wait_until_gone(pid)
+    assert "stopped 1 idle worker(s) of echo@1.0.0 (1 s without a call)" in caplog.text
+    assert tt.release("old", "a.tgz", key="k3").status is Status.SUCCEEDED  # a fresh one
+    assert old.pids() != [pid]
+
+
+@pytest.mark.usefixtures("plugin_site")
+def test_store_worker_settings_that_are_not_numbers_are_refused_before_the_claim(
+    tt: Turnout, db_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, calls_file: Path
+) -> None:
+    tt.set_target("site", "echo@1.0.0", config={"calls": str(calls_file)})
+    monkeypatch.setenv("TURNOUT_WORKER_IDLE_SECONDS", "soon")
+    with Turnout(str(db_path), home=home) as fresh, pytest.raises(ConfigurationError) as raised:
+        fresh.release("site", "a.tgz", key="k1")
+    assert "TURNOUT_WORKER_IDLE_SECONDS must be a number of seconds above 0, not 'soon'" in str(
+        raised.value
+    )
+    assert raised.value.exit_code == 78
+    assert tt.ledger.recent() == []
+    assert read_calls(calls_file) == []
 
 
 def wait_until_gone(pid: int) -> None:

@@ -63,9 +63,9 @@ from celery import Celery, Task, current_app, signals
 from celery.result import AsyncResult
 
 from turnout import runtime, telemetry
+from turnout._settings import number
 from turnout.errors import (
     EXIT_TEMPFAIL,
-    ConfigurationError,
     PluginNotInstalledError,
     ReleaseFailedError,
     ReleaseUnknownError,
@@ -116,7 +116,7 @@ def register(celery_app: Celery, *, max_retries: int | None = None) -> Task:  # 
     mid-call and every ``unknown`` one, and returns what ``turnout reconcile --json`` prints.
     """
     if max_retries is None:
-        max_retries = int(_setting("TURNOUT_CELERY_MAX_RETRIES", DEFAULT_MAX_RETRIES, integer=True))
+        max_retries = int(number("TURNOUT_CELERY_MAX_RETRIES", DEFAULT_MAX_RETRIES, integer=True))
 
     @celery_app.task(
         name=TASK_NAME,
@@ -174,21 +174,6 @@ def enqueue(
     return (celery_app or app).send_task(TASK_NAME, kwargs=kwargs)
 
 
-def _setting(name: str, default: float, *, integer: bool = False) -> float:
-    """A positive number from the environment variable ``name``, refused with the fix if not."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = -1
-    if not value > 0:
-        kind = "a whole number" if integer else "a number of seconds"
-        raise ConfigurationError(f"{name} must be {kind} above 0, not {raw!r}; fix or unset it")
-    return value
-
-
 def _app_from_environment() -> Celery:
     celery_app = Celery(
         "turnout",
@@ -196,7 +181,7 @@ def _app_from_environment() -> Celery:
         backend=os.environ.get("TURNOUT_CELERY_RESULT_BACKEND") or None,
     )
     queue = os.environ.get("TURNOUT_CELERY_QUEUE") or DEFAULT_QUEUE
-    visibility = _setting("TURNOUT_CELERY_VISIBILITY_TIMEOUT", 3600)
+    visibility = number("TURNOUT_CELERY_VISIBILITY_TIMEOUT", 3600)
     celery_app.conf.update(
         task_default_queue=queue,
         task_acks_late=True,
@@ -219,7 +204,7 @@ def _app_from_environment() -> Celery:
         broker_connection_retry_on_startup=True,
     )
     register(celery_app)
-    every = _setting("TURNOUT_CELERY_RECONCILE_EVERY", DEFAULT_RECONCILE_EVERY)
+    every = number("TURNOUT_CELERY_RECONCILE_EVERY", DEFAULT_RECONCILE_EVERY)
     celery_app.conf.beat_schedule = {
         "turnout-reconcile": {"task": RECONCILE_TASK_NAME, "schedule": every},
     }

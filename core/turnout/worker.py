@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import select
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turnout import _secrets, _serve, telemetry
+from turnout import _secrets, _serve, _settings, telemetry
 from turnout.errors import (
     ConfigRejectedError,
     PluginLoadError,
@@ -43,8 +44,12 @@ from turnout.errors import (
     WorkerTimeoutError,
 )
 
+log = logging.getLogger("turnout.worker")
+
 OUTPUT_LIMIT = 64 << 10
 """Bytes of a call's stdout/stderr kept: the last 64 KiB."""
+IDLE_ENV = "TURNOUT_WORKER_IDLE_SECONDS"
+MEMORY_ENV = "TURNOUT_WORKER_MEMORY_MB"
 GRACE = 2.0
 """Seconds between SIGTERM and SIGKILL when a deadline passes."""
 ANSWER_SPIN = 0.0002
@@ -55,6 +60,9 @@ START_TIMEOUT = 30.0
 """Seconds a worker may take from spawn to serving (importing the plugin included)."""
 DEFAULT_MEMORY_LIMIT_MB = 2048
 """Address-space limit of a worker (RLIMIT_AS); ``TURNOUT_WORKER_MEMORY_MB`` overrides it."""
+DEFAULT_IDLE_SECONDS = 300.0
+"""Seconds a worker may wait for its next call before it is stopped (at the next call any
+version makes in this process); ``TURNOUT_WORKER_IDLE_SECONDS`` overrides it."""
 ENV_ALLOWLIST = (
     "PATH", "LANG", "LANGUAGE", "TZ", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
     "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
@@ -406,22 +414,37 @@ class WorkerReleaser:
     A worker starts on first use and stays warm for later calls; one that died, or was stopped
     at a deadline, is replaced by a fresh one. A call finds a worker idle or starts another,
     so that threads releasing with one version at once run at once (RELIABILITY C5) instead
-    of queueing for one process: as many workers stay warm as calls ran together.
-    :attr:`output` is the calling thread's last call's.
+    of queueing for one process: as many workers stay warm as calls ran together, until they
+    have waited ``idle_seconds`` for a call (the most recently used is taken first, so a
+    burst's extra workers are the ones that age). :attr:`output` is the calling thread's last
+    call's.
+
+    Raises:
+        ConfigurationError: ``TURNOUT_WORKER_MEMORY_MB`` or ``TURNOUT_WORKER_IDLE_SECONDS``
+            is not a number above 0.
     """
 
     def __init__(
-        self, spec: WorkerSpec, *, home: Path, start_timeout: float = START_TIMEOUT
+        self,
+        spec: WorkerSpec,
+        *,
+        home: Path,
+        start_timeout: float = START_TIMEOUT,
+        idle_seconds: float | None = None,
     ) -> None:
         self.spec = spec
         self._home = home
         self._start_timeout = start_timeout
+        if idle_seconds is None:
+            idle_seconds = _settings.number(IDLE_ENV, DEFAULT_IDLE_SECONDS)
+        self._idle_seconds = idle_seconds
         self._lock = threading.Lock()
-        self._idle: list[WorkerProcess] = []
+        self._idle: list[tuple[float, WorkerProcess]] = []  # (idle since, worker), oldest first
         self._started: set[WorkerProcess] = set()
         self._last = threading.local()
-        memory = os.environ.get("TURNOUT_WORKER_MEMORY_MB")
-        self._memory_limit_mb = int(memory) if memory else DEFAULT_MEMORY_LIMIT_MB
+        self._memory_limit_mb = int(
+            _settings.number(MEMORY_ENV, DEFAULT_MEMORY_LIMIT_MB, integer=True)
+        )
         _live.add(self)
 
     @property
@@ -437,9 +460,10 @@ class WorkerReleaser:
 
     def _take(self) -> WorkerProcess:
         """An idle, living worker, or a new one (started: import errors surface here)."""
+        _idle_workers.stop(time.monotonic())
         with self._lock:
             while self._idle:
-                process = self._idle.pop()
+                _, process = self._idle.pop()
                 if process.alive:
                     return process
                 self._started.discard(process)
@@ -461,7 +485,30 @@ class WorkerReleaser:
 
     def _give_back(self, process: WorkerProcess) -> None:
         with self._lock:
-            self._idle.append(process)
+            self._idle.append((time.monotonic(), process))
+
+    def stop_idle(self, now: float) -> int:
+        """Stop the workers that have waited ``idle_seconds`` for a call by ``now``; return
+        how many were stopped."""
+        cutoff = now - self._idle_seconds
+        with self._lock:
+            count = 0
+            while count < len(self._idle) and self._idle[count][0] <= cutoff:
+                count += 1
+            if not count:
+                return 0
+            waited = [process for _, process in self._idle[:count]]
+            del self._idle[:count]
+            self._started.difference_update(waited)
+        for process in waited:
+            process.stop()
+        log.info(
+            "stopped %d idle worker(s) of %s (%s s without a call)",
+            len(waited),
+            self.spec.ref,
+            f"{self._idle_seconds:g}",
+        )
+        return len(waited)
 
     def ensure_started(self) -> None:
         """Start a worker now (import errors surface here, as PluginLoadError)."""
@@ -543,6 +590,27 @@ class WorkerReleaser:
 
 
 _live: weakref.WeakSet[WorkerReleaser] = weakref.WeakSet()
+IDLE_CHECK_EVERY = 1.0
+"""Seconds between two looks for idle workers (a look walks this process's versions)."""
+
+
+class _IdleWorkers:
+    """Stops every version's workers that have waited too long for a call, looking at most
+    once every :data:`IDLE_CHECK_EVERY` (two threads may both look: each worker is stopped by
+    one of them)."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def stop(self, now: float) -> None:
+        if now < self._next:
+            return
+        self._next = now + IDLE_CHECK_EVERY
+        for releaser in list(_live):
+            releaser.stop_idle(now)
+
+
+_idle_workers = _IdleWorkers()
 
 
 @atexit.register

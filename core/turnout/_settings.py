@@ -1,0 +1,26 @@
+"""Numbers read from ``TURNOUT_*`` environment variables, refused with the fix when malformed."""
+
+from __future__ import annotations
+
+import os
+
+from turnout.errors import ConfigurationError
+
+
+def number(name: str, default: float, *, integer: bool = False) -> float:
+    """A number above 0 from the environment variable ``name``; ``default`` when it is unset.
+
+    Raises:
+        ConfigurationError: It is set to something else (the message names it and the fix).
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    if not value > 0:
+        kind = "a whole number" if integer else "a number of seconds"
+        raise ConfigurationError(f"{name} must be {kind} above 0, not {raw!r}; fix or unset it")
+    return value
