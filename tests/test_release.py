@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,27 @@ def test_release_transient_error_gives_up_after_max_attempts(tt: Turnout, calls_
     assert record.retryable is True
     assert record.error_type == "ConnectionError"
     assert len(read_calls(calls_file)) == 4
+
+
+def test_release_retries_stop_at_the_time_budget_before_the_attempts_run_out(
+    db_path: Path, calls_file: Path
+) -> None:
+    # F3: the budget is the target's timeout times its attempts (here 0.05 s x 20 = 1 s), and
+    # no backoff wait starts that would end past it. Real waits: twenty attempts' jittered
+    # backoff would take minutes, so the budget, not the count, ends this release.
+    with Turnout(str(db_path)) as tt:
+        echo_target(tt, calls_file, fail_with="connection")
+        tt.set_target("site", "echo@1.0.0", max_attempts=20, timeout=0.05)
+        started = time.monotonic()
+        with pytest.raises(TransientReleaseError) as raised:
+            tt.release("site", "a.tgz", key="down-1")
+        elapsed = time.monotonic() - started
+    record = raised.value.release
+    assert record.status is Status.FAILED
+    assert 2 <= record.attempts < 20
+    assert len(read_calls(calls_file)) == record.attempts
+    assert {c["key"] for c in read_calls(calls_file)} == {"down-1"}
+    assert elapsed < 1.0 + 0.5  # the budget, and the last attempt and the bookkeeping
 
 
 def test_release_asked_again_after_a_transient_failure_resumes_it(
