@@ -92,9 +92,9 @@ def run(world: World, plan: Plan, report: Report, *, cli: bool) -> None:
             "Turnout.install_plugin (fresh store + registry)",
             "candidate",
             1,
-            "schema check, the same uv command into store/tmp, entry points read with "
-            "importlib.metadata, sha256 of every file, rename into envs/<digest>, "
-            "one registry row (ORM session)",
+            "the same uv command into store/tmp (the schema check and the read of the "
+            "store's rows while it runs), entry points read with importlib.metadata, sha256 "
+            "of every file, rename into envs/<digest>, one registry row (Core insert)",
         ),
         (
             "p6.uv_cli",
@@ -140,7 +140,7 @@ PARTS = [
         "part: record the version in the registry",
         "info",
         1,
-        "find_plugin_version + record_plugin_version (ORM session, one commit), schema checked",
+        "add_store_versions from the rows read while uv ran (one Core insert, one commit)",
     ),
 ]
 
@@ -169,19 +169,17 @@ def _parts(world: World, plan: Plan) -> dict[str, list[float]]:
 
     def record() -> float:
         handle = fresh()
-        handle.registry.ensure_schema()
+        known = handle.registry.store_versions()  # as while uv runs
         start = time.perf_counter()
-        handle.registry.find_plugin_version(NOOP_REF, "store")
-        handle.registry.record_plugin_version(
-            NOOP_REF,
-            source="store",
-            distribution=row.distribution,
-            entry_point=row.entry_point,
+        added = handle.registry.add_store_versions(
+            {NOOP_REF: (row.distribution, row.entry_point)},
             location=row.location,
             hashes=row.hashes,
-            requirement=row.requirement,
+            requirement=row.requirement or "",
+            known=known,
         )
         elapsed = time.perf_counter() - start
+        assert added == {NOOP_REF: None}
         handle.close()
         return elapsed
 

@@ -406,3 +406,27 @@ def test_rollback_refuses_a_version_no_longer_installed(tt: Turnout) -> None:
     with pytest.raises(PluginNotInstalledError):
         tt.rollback("site")
     assert tt.registry.get_target("site").revision == 2
+
+
+# Store plugin versions --------------------------------------------------------------------
+
+
+def test_store_versions_added_from_a_stale_read_are_read_again(registry_url: str) -> None:
+    # Two installers of one version: the second read the store before the first recorded it.
+    # Its insert fails on the unique key; it reads again and finds the row (same environment:
+    # unchanged; another environment: the caller refuses). Nothing is recorded twice.
+    registry = Registry(registry_url)
+    ref = PluginRef("echo", "1.0.0")
+    add = {ref: ("turnout-echo", "turnout_echo")}
+    stale = registry.store_versions()
+    assert stale == {}
+    assert registry.add_store_versions(add, location="d1", hashes={}, requirement="r") == {
+        ref: None
+    }
+    again = registry.add_store_versions(add, location="d1", hashes={}, requirement="r", known=stale)
+    other = registry.add_store_versions(add, location="d2", hashes={}, requirement="r", known=stale)
+    rows = registry.plugin_versions("store")
+    registry.close()
+    assert [row and row.location for row in again.values()] == ["d1"]
+    assert [row and row.location for row in other.values()] == ["d1"]
+    assert [(r.plugin_id, r.version, r.location) for r in rows] == [("echo", "1.0.0", "d1")]

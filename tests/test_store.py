@@ -18,7 +18,12 @@ import pytest
 from helpers import FIXTURES, build_wheel, read_calls
 
 from turnout import PluginLoadError, PluginNotInstalledError, Status, Turnout
-from turnout.errors import ConfigurationError, PluginInstallError, UsageError
+from turnout.errors import (
+    ConfigurationError,
+    DatabaseNotMigratedError,
+    PluginInstallError,
+    UsageError,
+)
 from turnout.store import InstallRequest, tree_hashes
 from turnout.worker import WorkerReleaser
 
@@ -119,6 +124,41 @@ def test_store_same_version_with_other_content_is_refused(
     with pytest.raises(PluginInstallError, match="already in the store with other content"):
         tt.install_plugin(_request(other, wheelhouse))
     assert len(tt.registry.plugin_versions("store")) == 1
+
+
+def test_store_install_is_all_or_nothing_across_the_plugins_of_an_environment(
+    tt: Turnout, wheelhouse: Path, tmp_path: Path, home: Path
+) -> None:
+    # One wheel providing two releasers, one new (alpha) and one that conflicts with what the
+    # store holds (echo, other content): refused, and alpha is not recorded either.
+    (first,) = tt.install_plugin(_request(_echo_wheel(wheelhouse, "1.0.0"), wheelhouse))
+    both = build_wheel(
+        tmp_path / "both",
+        "turnout-echo",
+        "1.0.0",
+        {"turnout_echo.py": (FIXTURES / "echo.py").read_text().replace("@VERSION@", "other")},
+        entry_points={"turnout.releasers": {"alpha": "turnout_echo", "echo": "turnout_echo"}},
+        requires=["pluggy>=1.5"],
+    )
+    with pytest.raises(PluginInstallError, match=r"echo@1\.0\.0 is already in the store"):
+        tt.install_plugin(_request(both, wheelhouse))
+    rows = tt.registry.plugin_versions("store")
+    assert [(r.plugin_id, r.location) for r in rows] == [("echo", first.digest)]
+    assert [p.name for p in (home / "envs").iterdir()] == [first.digest]
+
+
+def test_store_install_into_a_registry_not_migrated_installs_nothing(
+    wheelhouse: Path, tmp_path: Path, home: Path
+) -> None:
+    # The registry is checked while the installer runs: its refusal stops the installer.
+    request = _request(_echo_wheel(wheelhouse, "1.0.0"), wheelhouse)
+    with (
+        Turnout(str(tmp_path / "empty.db"), home=home) as handle,
+        pytest.raises(DatabaseNotMigratedError, match="turnout db upgrade"),
+    ):
+        handle.install_plugin(request)
+    assert list((home / "envs").iterdir()) == []
+    assert list((home / "tmp").iterdir()) == []
 
 
 def test_store_two_versions_with_conflicting_dependencies_side_by_side(

@@ -414,6 +414,81 @@ class Registry:
 
         return self._write(record)
 
+    def add_store_versions(
+        self,
+        plugins: Mapping[PluginRef, tuple[str, str]],
+        *,
+        location: str,
+        hashes: dict[str, str],
+        requirement: str,
+        known: Mapping[PluginRef, PluginVersion] | None = None,
+    ) -> dict[PluginRef, PluginVersion | None]:
+        """Record the store plugin versions of one environment, all of them or none.
+
+        ``plugins`` maps each ref to its distribution and entry point. Returns each ref's row
+        as it was before (``None``: there was none). When every existing row names this
+        ``location``, the missing ones are inserted; when one names another, nothing is
+        written and the caller refuses the install. ``known``: the store's rows as read a
+        moment ago (:meth:`store_versions`), which spares reading them again; a row another
+        installer added since fails the insert on the unique key, and then the rows are read
+        again in a second transaction.
+        """
+        self.ensure_schema()
+        table = PluginVersion.__table__  # type: ignore[attr-defined]
+
+        def add(conn: sa.Connection, read: bool) -> dict[PluginRef, PluginVersion | None]:
+            before: dict[PluginRef, PluginVersion | None] = {}
+            for ref in plugins:
+                if not read and known is not None:
+                    before[ref] = known.get(ref)
+                    continue
+                query = sa.select(table).where(
+                    table.c.plugin_id == ref.plugin_id,
+                    table.c.version == ref.version,
+                    table.c.source == "store",
+                )
+                row = conn.execute(query).one_or_none()
+                before[ref] = None if row is None else PluginVersion.model_validate(row._mapping)
+            if any(row is not None and row.location != location for row in before.values()):
+                return before
+            now = utcnow()
+            missing = [
+                {
+                    "plugin_id": ref.plugin_id,
+                    "version": ref.version,
+                    "source": "store",
+                    "distribution": distribution,
+                    "entry_point": entry_point,
+                    "location": location,
+                    "hashes": hashes,
+                    "requirement": requirement,
+                    "recorded_at": now,
+                }
+                for ref, (distribution, entry_point) in plugins.items()
+                if before[ref] is None
+            ]
+            if missing:
+                conn.execute(table.insert(), missing)
+            return before
+
+        with _db.translate_errors(self.url):
+            try:
+                with self.engine.begin() as conn:
+                    return add(conn, read=known is None)
+            except sa.exc.IntegrityError:
+                pass
+            with self.engine.begin() as conn:
+                return add(conn, read=True)
+
+    def store_versions(self) -> dict[PluginRef, PluginVersion]:
+        """Every store plugin version's row, by ref (one read)."""
+        self.ensure_schema()
+        table = PluginVersion.__table__  # type: ignore[attr-defined]
+        with _db.reader(self.engine) as conn:
+            rows = conn.execute(sa.select(table).where(table.c.source == "store")).all()
+        versions = (PluginVersion.model_validate(row._mapping) for row in rows)
+        return {PluginRef(row.plugin_id, row.version): row for row in versions}
+
     def plugin_versions(self, source: str | None = None) -> list[PluginVersion]:
         """Every recorded plugin version (of one source), by id and version."""
         with self.session() as s:

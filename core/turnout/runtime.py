@@ -879,35 +879,39 @@ class Turnout:
         Raises:
             PluginInstallError: The install failed or conflicts with the store; nothing changed.
         """
-        self.registry.ensure_schema()
         already = self._already_installed(request)
         if already:
             return already
-        installed = self.store.install(request)
-        outcomes = []
-        for plugin in installed.plugins:
-            row = self.registry.find_plugin_version(plugin.ref, "store")
+        # The registry's first connection, its schema check and the read of what the store
+        # holds happen while the installer runs.
+        known: dict[PluginRef, PluginVersion] = {}
+        installed = self.store.install(
+            request, meanwhile=lambda: known.update(self.registry.store_versions())
+        )
+        before = self.registry.add_store_versions(
+            {plugin.ref: (plugin.distribution, plugin.entry_point) for plugin in installed.plugins},
+            location=installed.digest,
+            hashes=installed.hashes,
+            requirement=installed.requirement,
+            known=known,
+        )
+        for ref, row in before.items():
             if row is not None and row.location != installed.digest:
                 if installed.created and not self._digest_in_use(installed.digest):
                     self.store.remove(installed.digest)
                 raise PluginInstallError(
-                    f"{plugin.ref} is already in the store with other content (environment "
+                    f"{ref} is already in the store with other content (environment "
                     f"{row.location}, from {row.requirement!r}); nothing was installed. A pin "
-                    f"names one set of files: remove it first: turnout plugin remove {plugin.ref}"
+                    f"names one set of files: remove it first: turnout plugin remove {ref}"
                 )
-            if row is None:
-                self.registry.record_plugin_version(
-                    plugin.ref,
-                    source="store",
-                    distribution=plugin.distribution,
-                    entry_point=plugin.entry_point,
-                    location=installed.digest,
-                    hashes=installed.hashes,
-                    requirement=installed.requirement,
-                )
-            status = "installed" if row is None else "unchanged"
-            outcomes.append(InstallOutcome(plugin, installed.digest, status))
-        return outcomes
+        return [
+            InstallOutcome(
+                plugin,
+                installed.digest,
+                "installed" if before[plugin.ref] is None else "unchanged",
+            )
+            for plugin in installed.plugins
+        ]
 
     def _already_installed(self, request: InstallRequest) -> list[InstallOutcome]:
         """For ``name==version``: the recorded versions of that distribution, if on this machine."""

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -122,8 +122,13 @@ class Store:
 
     # Install ----------------------------------------------------------------------------
 
-    def install(self, request: InstallRequest) -> Installed:
+    def install(
+        self, request: InstallRequest, *, meanwhile: Callable[[], object] | None = None
+    ) -> Installed:
         """Build an environment for ``request`` and move it into the store.
+
+        ``meanwhile`` runs while the installer does (its error stops the installer and is
+        raised, and nothing is installed).
 
         Raises:
             PluginInstallError: The installer failed (a missing or wrong hash, an unpinned
@@ -135,7 +140,7 @@ class Store:
         self._clean_stale_builds()
         build = Path(tempfile.mkdtemp(prefix="build-", dir=self.tmp))
         try:
-            self._run_installer(request, build)
+            self._run_installer(request, build, meanwhile)
             plugins = read_plugins(build)
             hashes = tree_hashes(build)
             digest = digest_of(hashes)
@@ -145,11 +150,22 @@ class Store:
             shutil.rmtree(build, ignore_errors=True)
         return Installed(digest, final, plugins, hashes, request.describe(), created)
 
-    def _run_installer(self, request: InstallRequest, build: Path) -> None:
+    def _run_installer(
+        self, request: InstallRequest, build: Path, meanwhile: Callable[[], object] | None
+    ) -> None:
         command = installer_command(request, build)
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            detail = (done.stderr or done.stdout).strip()
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as installer:
+            try:
+                if meanwhile is not None:
+                    meanwhile()
+                stdout, stderr = installer.communicate()
+            except BaseException:
+                installer.kill()
+                raise
+        if installer.returncode != 0:
+            detail = (stderr or stdout).strip()
             raise PluginInstallError(
                 f"installing {request.describe()} failed; nothing was installed:\n{detail[-4000:]}"
             )
@@ -271,38 +287,46 @@ def read_plugins(site: Path) -> list[StorePlugin]:
     return sorted(found.values(), key=lambda p: p.ref)
 
 
-def _files(root: Path) -> Iterator[Path]:
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        relative = here.relative_to(root)
-        top = relative == Path(".")
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not (top and d in _VOLATILE_TOP))
-        for name in sorted(files):
-            volatile = _VOLATILE if here.name.endswith(".dist-info") else set()
-            if name in volatile or (top and name in _VOLATILE_TOP):
-                continue
-            yield here / name
-
-
 def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file of an environment that is the plugin's content, by relative path.
 
     Left out: scripts in ``bin/`` (their first line names this machine's interpreter), bytecode
     caches (workers never read them: their bytecode lives under ``workers/pycache/``), and
-    the installer's own bookkeeping (``*.dist-info/RECORD`` and friends, uv's ``.lock``).
+    the installer's own bookkeeping (``*.dist-info/RECORD`` and friends, uv's ``.lock``). A
+    symbolic link counts as its target's path; a link to a folder is not followed.
     """
     hashes: dict[str, str] = {}
-    for path in _files(root):
-        relative = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            hashes[relative] = "link:" + os.readlink(path)
-            continue
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 16), b""):
-                digest.update(block)
-        hashes[relative] = digest.hexdigest()
+    _hash_folder(str(root), "", hashes, top=True, dist_info=False)
     return hashes
+
+
+def _hash_folder(
+    folder: str, prefix: str, hashes: dict[str, str], *, top: bool, dist_info: bool
+) -> None:
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        name = entry.name
+        if entry.is_dir():
+            if (
+                not entry.is_symlink()
+                and name != "__pycache__"
+                and not (top and name in _VOLATILE_TOP)
+            ):
+                _hash_folder(
+                    entry.path,
+                    f"{prefix}{name}/",
+                    hashes,
+                    top=False,
+                    dist_info=name.endswith(".dist-info"),
+                )
+        elif (dist_info and name in _VOLATILE) or (top and name in _VOLATILE_TOP):
+            continue
+        elif entry.is_symlink():
+            hashes[prefix + name] = "link:" + os.readlink(entry.path)
+        else:
+            with open(entry.path, "rb") as handle:
+                hashes[prefix + name] = hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def digest_of(hashes: dict[str, str]) -> str:
