@@ -190,6 +190,10 @@ class Runner:
             )
         return answer
 
+    def answered(self) -> bool:
+        """Whether an answer is waiting (:meth:`recv` would return at once)."""
+        return not self._answers.empty()
+
     def request(self, command: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
         self.send(command)
         return self.recv(timeout)

@@ -9,7 +9,9 @@ from the driver are translated here into :mod:`turnout.errors`, never leaked.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from turnout import _settings
 from turnout.errors import DatabaseNotMigratedError, RegistryUnavailableError
 
 DEFAULT_DATABASE_URL = "sqlite:///registry.db"
@@ -26,7 +29,15 @@ DATABASE_URL_ENV = "TURNOUT_DATABASE_URL"
 SCHEMA_HEAD = "0009"
 """The newest migration this code needs; a test keeps it equal to Alembic's head."""
 
+log = logging.getLogger("turnout.db")
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WAL_LIMIT_ENV = "TURNOUT_SQLITE_WAL_LIMIT_MB"
+DEFAULT_WAL_LIMIT_MB = 16
+"""Past this size a SQLite registry's WAL file is checkpointed and truncated (see _WalLimit)."""
+WAL_LOOK_EVERY = 32
+"""Transactions (connections given back to the pool) between two looks at the WAL's size:
+busy writers write the WAL at tens of MB a second, so a look every few milliseconds."""
 READ_ONLY = {"turnout_read_only": True}
 """Execution options for a connection that only reads: on SQLite it begins DEFERRED."""
 
@@ -58,7 +69,52 @@ def create_engine(url: URL) -> Engine:
     engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
+    if url.database and not url.database.startswith("file:") and url.database != ":memory:":
+        limit = _settings.number(WAL_LIMIT_ENV, DEFAULT_WAL_LIMIT_MB)
+        event.listen(engine, "checkin", _WalLimit(f"{url.database}-wal", int(limit * (1 << 20))))
     return engine
+
+
+class _WalLimit:
+    """Keep a SQLite registry's WAL file bounded while processes use it without a pause.
+
+    SQLite's automatic checkpoint copies the WAL into the database after each 1,000 pages,
+    but it starts the WAL over only at a moment when no reader is using it. Two runners and a
+    replay that never pause leave no such moment, and the WAL grows without end (by tens of
+    MB a minute). So every :data:`WAL_LOOK_EVERY`-th connection given back to the pool looks at
+    the WAL's size and, past ``TURNOUT_SQLITE_WAL_LIMIT_MB`` (default 16), runs a ``TRUNCATE``
+    checkpoint: it waits (within the busy timeout) for the readers of the WAL to finish,
+    holding new writers back meanwhile, copies the rest and empties the file.
+    """
+
+    def __init__(self, wal: str, limit: int) -> None:
+        self._wal = wal
+        self._limit = limit
+        self._given_back = 0
+
+    def __call__(self, dbapi_connection: Any, _record: Any) -> None:
+        self._given_back += 1
+        if self._given_back % WAL_LOOK_EVERY or dbapi_connection is None:
+            return
+        try:
+            size = os.stat(self._wal).st_size
+        except OSError:
+            return
+        if size <= self._limit:
+            return
+        try:
+            busy, frames, copied = dbapi_connection.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            ).fetchone()
+        except sqlite3.Error:  # the next look tries again; nothing is lost
+            log.warning("checkpoint of %s failed; trying again later", self._wal, exc_info=True)
+            return
+        log.info(
+            "checkpointed %s at %d MB: %s",
+            self._wal,
+            size >> 20,
+            "busy, trying again later" if busy else f"{copied} of {frames} pages copied",
+        )
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
