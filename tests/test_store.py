@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURES, build_wheel, read_calls
+from helpers import FIXTURES, build_wheel, install_into, read_calls
 
 from turnout import PluginLoadError, PluginNotInstalledError, Status, Turnout
+from turnout.environment import DuplicatePluginError
 from turnout.errors import (
     ConfigurationError,
     DatabaseNotMigratedError,
@@ -271,6 +272,31 @@ def test_store_refuses_two_providers_of_one_plugin_id(
         tt.install_plugin(_request(wheel, house))
     assert tt.registry.plugin_versions("store") == []
     assert list((tt.store.envs).iterdir()) == []
+
+
+def test_environment_two_distributions_providing_one_id_are_refused(
+    tt: Turnout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # S2 for plugins installed beside turnout: no guess between two providers of one id.
+    site = tmp_path / "site"
+    for distribution in ("turnout-dup-a", "turnout-dup-b"):
+        module = distribution.replace("-", "_")
+        wheel = build_wheel(
+            tmp_path / "w",
+            distribution,
+            "1.0.0",
+            {f"{module}.py": "raise SystemExit('never imported')\n"},
+            entry_points={"turnout.releasers": {"dup": module}},
+        )
+        install_into(site, wheel)
+    monkeypatch.syspath_prepend(str(site))
+    with pytest.raises(DuplicatePluginError) as raised:
+        tt.set_target("site", "dup@1.0.0", isolation="inline")
+    assert raised.value.exit_code == 78
+    assert "turnout-dup-a, turnout-dup-b" in str(raised.value)
+    assert "uninstall all but one" in str(raised.value)
+    assert tt.registry.list_targets() == []
+    assert all(row.plugin_id != "dup" for row in tt.registry.plugin_versions())
 
 
 def test_store_worker_refuses_a_row_that_names_another_version(
