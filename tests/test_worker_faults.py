@@ -557,9 +557,10 @@ def test_worker_many_mixed_calls_leave_no_process_descriptor_or_thread(
         tt.set_target(
             "asleep", f"hang@{VERSION}", config={"mode": "sleep"}, timeout=0.5, max_attempts=1
         )
-        plan = ["ok", "raise", "exit"] * 100
-        for i in range(5):
-            plan.insert(i * 60 + 30, "asleep")
+        plan = ["ok", "raise", "exit"] * 330
+        for i in range(10):
+            plan.insert(i * 99 + 50, "asleep")
+        assert len(plan) == 1000  # RELIABILITY L5
         for i, target in enumerate(plan):
             try:
                 record = tt.release(target, "a.tgz", key=f"k{i}")
@@ -567,7 +568,7 @@ def test_worker_many_mixed_calls_leave_no_process_descriptor_or_thread(
                 record = exc.release
             outcomes[record.status.value] = outcomes.get(record.status.value, 0) + 1
         assert tt.release("awake", "a.tgz", key="last").status is Status.SUCCEEDED
-    assert outcomes == {"succeeded": 100, "failed": 200, "timed_out": 5}
+    assert outcomes == {"succeeded": 330, "failed": 660, "timed_out": 10}
     assert _new_children(children) == {}
     assert list(home.joinpath("workers").glob("worker-*")) == []  # private folders removed
     assert abs(len(os.listdir("/proc/self/fd")) - fds_before) <= 2
