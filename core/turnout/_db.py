@@ -70,7 +70,7 @@ def create_engine(url: URL) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     if url.database and not url.database.startswith("file:") and url.database != ":memory:":
-        limit = _settings.number(WAL_LIMIT_ENV, DEFAULT_WAL_LIMIT_MB)
+        limit = _settings.number(WAL_LIMIT_ENV, DEFAULT_WAL_LIMIT_MB, unit="MB")
         event.listen(engine, "checkin", _WalLimit(f"{url.database}-wal", int(limit * (1 << 20))))
     return engine
 

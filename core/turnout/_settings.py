@@ -7,8 +7,9 @@ import os
 from turnout.errors import ConfigurationError
 
 
-def number(name: str, default: float, *, integer: bool = False) -> float:
-    """A number above 0 from the environment variable ``name``; ``default`` when it is unset.
+def number(name: str, default: float, *, integer: bool = False, unit: str = "seconds") -> float:
+    """A number above 0 (of ``unit``) from the environment variable ``name``; ``default`` when
+    it is unset.
 
     Raises:
         ConfigurationError: It is set to something else (the message names it and the fix).
@@ -21,6 +22,6 @@ def number(name: str, default: float, *, integer: bool = False) -> float:
     except ValueError:
         value = -1
     if not value > 0:
-        kind = "a whole number" if integer else "a number of seconds"
+        kind = f"a whole number of {unit}" if integer else f"a number of {unit}"
         raise ConfigurationError(f"{name} must be {kind} above 0, not {raw!r}; fix or unset it")
     return value

@@ -116,7 +116,9 @@ def register(celery_app: Celery, *, max_retries: int | None = None) -> Task:  # 
     mid-call and every ``unknown`` one, and returns what ``turnout reconcile --json`` prints.
     """
     if max_retries is None:
-        max_retries = int(number("TURNOUT_CELERY_MAX_RETRIES", DEFAULT_MAX_RETRIES, integer=True))
+        max_retries = int(
+            number("TURNOUT_CELERY_MAX_RETRIES", DEFAULT_MAX_RETRIES, integer=True, unit="retries")
+        )
 
     @celery_app.task(
         name=TASK_NAME,

@@ -443,7 +443,7 @@ class WorkerReleaser:
         self._started: set[WorkerProcess] = set()
         self._last = threading.local()
         self._memory_limit_mb = int(
-            _settings.number(MEMORY_ENV, DEFAULT_MEMORY_LIMIT_MB, integer=True)
+            _settings.number(MEMORY_ENV, DEFAULT_MEMORY_LIMIT_MB, integer=True, unit="MB")
         )
         _live.add(self)
 
