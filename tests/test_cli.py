@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 from helpers import read_calls
 
+import turnout
 from turnout import _db
 from turnout.cli import cli
 
@@ -39,6 +41,22 @@ def test_cli_help_lists_commands_and_exit_codes(run) -> None:
     assert result.exit_code == 0
     for word in ("db", "target", "plugin", "release", "releases", "Exit codes", "78"):
         assert word in result.stdout
+
+
+def test_cli_help_names_every_setting_the_core_reads(run) -> None:
+    # The Celery app's settings are the Celery worker's (docs/deploying.md); the serve
+    # command's token is in its own --help.
+    core = Path(turnout.__file__).parent
+    read = {
+        name
+        for path in core.glob("*.py")
+        for name in re.findall(r'"(TURNOUT_[A-Z_]+)"', path.read_text())
+        if not name.startswith("TURNOUT_CELERY_") and name != "TURNOUT_SERVE_TOKEN"
+    }
+    assert "TURNOUT_WORKER_IDLE_SECONDS" in read
+    environment = run("--help", db=None).stdout.partition("Environment")[2]
+    assert {name for name in read if name not in environment} == set()
+    assert "TURNOUT_SERVE_TOKEN" in run("serve", "--help", db=None).stdout
 
 
 def test_cli_db_upgrade_creates_and_reports(run, tmp_path: Path) -> None:

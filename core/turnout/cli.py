@@ -50,10 +50,18 @@ Exit codes:
       loadable, config rejected, database not migrated
 
 \b
-Environment:
-  TURNOUT_TERM_GRACE  seconds a release under way may take to finish after
-                      SIGTERM (default 10); then it is recorded unknown and
-                      turnout exits 75 (ask again with the same key)
+Environment (defaults in brackets):
+  TURNOUT_DATABASE_URL         the registry, when --db is not given
+  TURNOUT_HOME                 the plugin store folder on this machine
+  TURNOUT_ACTOR                who makes a change, for the history [OS user]
+  TURNOUT_LEASE_SECONDS        how long a claim holds without a heartbeat [60]
+  TURNOUT_TERM_GRACE           seconds a release under way may take to finish
+                               after SIGTERM [10]; then it is recorded unknown
+                               and turnout exits 75 (ask again, same key)
+  TURNOUT_WORKER_IDLE_SECONDS  a worker idle this long is stopped [300]
+  TURNOUT_WORKER_MEMORY_MB     a worker's memory limit [2048]
+  TURNOUT_SQLITE_WAL_LIMIT_MB  a SQLite registry's WAL is emptied past it [16]
+  OTEL_*                       OpenTelemetry export, with turnout[otel]
 """
 TERM_GRACE_ENV = "TURNOUT_TERM_GRACE"
 DEFAULT_TERM_GRACE = 10.0
