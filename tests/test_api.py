@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,22 @@ def test_api_import_and_cli_module_stay_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_api_a_registry_command_loads_none_of_the_release_machinery(db_path: Path) -> None:
+    # `turnout target list` needs the registry: not OpenTelemetry, tenacity, pluggy, the
+    # worker code or packaging's requirement parser (the CLI's cold start, PERFORMANCE P7).
+    code = (
+        "import sys\n"
+        "from turnout.cli import main\n"
+        f"sys.argv = ['turnout', '--db', {str(db_path)!r}, 'target', 'list', '--json']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "heavy = ('opentelemetry', 'tenacity', 'pluggy', 'platformdirs', 'turnout.worker', "
+        "'turnout.telemetry', 'packaging.requirements', 'packaging.utils')\n"
+        "print('loaded:', ','.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "loaded: "
 
 
 def _subclasses(cls: type) -> list[type]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from turnout.errors import InvalidPluginRefError
-from turnout.refs import PluginRef
+from turnout.refs import PluginRef, normalize_plugin_id
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,21 @@ def test_refs_parse_refuses_anything_but_an_exact_pin(text: str) -> None:
 
 def test_refs_equal_spellings_compare_equal() -> None:
     assert PluginRef.parse("A_b@1.0.0") == PluginRef.parse("a-b@1.0.0")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["echo", "My_Plugin", "a.b-c_d", "A--B__C..D", "x-_.y", "UPPER", "a1.2-b", "_lead", "trail."],
+)
+def test_refs_ids_are_normalised_as_packaging_normalises_names(name: str) -> None:
+    from packaging.utils import canonicalize_name
+
+    assert normalize_plugin_id(name) == canonicalize_name(name)
+
+
+def test_runtime_names_interrupted_as_the_worker_protocol_does() -> None:
+    from turnout import runtime
+    from turnout._serve import qualified_name
+    from turnout.errors import Interrupted
+
+    assert qualified_name(Interrupted) == runtime._INTERRUPTED

@@ -25,3 +25,8 @@ def number(name: str, default: float, *, integer: bool = False, unit: str = "sec
         kind = f"a whole number of {unit}" if integer else f"a number of {unit}"
         raise ConfigurationError(f"{name} must be {kind} above 0, not {raw!r}; fix or unset it")
     return value
+
+
+OTEL_ASKING = ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT")
+"""The variables that ask :func:`turnout.telemetry.configure` to set up the SDK: without one of
+them the CLI does not even import OpenTelemetry."""

@@ -12,14 +12,13 @@ import functools
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from turnout import __version__, views
+from turnout import __version__, _settings, views
 from turnout.errors import (
     EXIT_FAILED,
     EXIT_TEMPFAIL,
@@ -204,10 +203,10 @@ _configured: list[bool] = []
 def _telemetry(ctx: click.Context) -> None:
     """Set up OpenTelemetry from ``OTEL_*`` (once per process: its providers are global),
     flushed when the command ends."""
+    if _configured or not any(os.environ.get(name) for name in _settings.OTEL_ASKING):
+        return
     from turnout import telemetry
 
-    if _configured:
-        return
     try:
         shutdown = telemetry.configure()
     except RuntimeError as exc:
@@ -347,6 +346,8 @@ def _parse_config(pairs: Sequence[str], config_file: Path | None) -> dict[str, A
         return None
     config: dict[str, Any] = {}
     if config_file is not None:
+        import tomllib
+
         try:
             text = config_file.read_text(encoding="utf-8")
             loaded = tomllib.loads(text) if config_file.suffix == ".toml" else json.loads(text)

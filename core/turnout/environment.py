@@ -18,9 +18,10 @@ from packaging.version import Version
 from turnout.errors import ConfigurationError, PluginLoadError, PluginNotInstalledError
 from turnout.hookspecs import ENTRY_POINT_GROUP
 from turnout.refs import PluginRef, normalize_plugin_id
+from turnout.registry import ENVIRONMENT_SOURCE
 from turnout.releaser import PluggyReleaser
 
-SOURCE = "environment"
+SOURCE = ENVIRONMENT_SOURCE
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,17 +10,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from turnout.errors import InvalidPluginRefError
 
 _ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_SEPARATORS = re.compile(r"[-_.]+")
 
 
 def normalize_plugin_id(plugin_id: str) -> str:
-    """Return the canonical spelling of a plugin id (an entry-point name)."""
-    return canonicalize_name(plugin_id)
+    """Return the canonical spelling of a plugin id (an entry-point name): PEP 503's name
+    normalisation, as ``packaging.utils.canonicalize_name`` does it (a test keeps them equal;
+    importing packaging.utils would cost every command ~10 ms)."""
+    return _SEPARATORS.sub("-", plugin_id).lower()
 
 
 @dataclass(frozen=True, slots=True, order=True)

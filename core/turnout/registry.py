@@ -23,6 +23,9 @@ from turnout.models import PluginVersion, Target, TargetRevision, utcnow
 from turnout.refs import PluginRef
 from turnout.routing import Move, Route, all_refs, parse_routes, route_dicts
 
+ENVIRONMENT_SOURCE = "environment"
+"""``PluginVersion.source`` of a plugin installed in turnout's own environment."""
+
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_ISOLATION = "process"
@@ -90,6 +93,7 @@ class TargetChange:
 
 _TARGETS = Target.__table__  # type: ignore[attr-defined]
 _TARGET_BY_NAME = sa.select(_TARGETS).where(_TARGETS.c.name == sa.bindparam("name"))
+_TARGETS_BY_NAME = sa.select(_TARGETS).order_by(_TARGETS.c.name)
 
 
 def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:
@@ -209,9 +213,11 @@ class Registry:
         return _spec(row)  # type: ignore[arg-type]
 
     def list_targets(self) -> list[TargetSpec]:
-        """Every target, by name."""
-        with self.session() as s:
-            return [_spec(row) for row in s.exec(select(Target).order_by(col(Target.name)))]
+        """Every target, by name (one Core query, as :meth:`get_target` reads one)."""
+        self.ensure_schema()
+        with _db.reader(self.engine) as conn:
+            rows = conn.execute(_TARGETS_BY_NAME).all()
+        return [_spec(row) for row in rows]  # type: ignore[arg-type]
 
     def set_target(
         self,

@@ -21,17 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, TracerProvider
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
-from packaging.version import InvalidVersion, Version
 from sqlalchemy.engine import URL
 
-from turnout import _db, _secrets, environment, retries, telemetry
-from turnout._serve import MalformedResultError, qualified_name
+from turnout import _db, _secrets
 from turnout.errors import (
     ConfigRejectedError,
     ConfigurationError,
@@ -53,12 +47,12 @@ from turnout.registry import (
     DEFAULT_ISOLATION,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TIMEOUT,
+    ENVIRONMENT_SOURCE,
     ISOLATIONS,
     Registry,
     TargetChange,
     TargetSpec,
 )
-from turnout.releaser import Releaser
 from turnout.releases import (
     DEFAULT_LEASE,
     Claim,
@@ -85,8 +79,17 @@ from turnout.routing import (
     without_route,
 )
 from turnout.store import InstallRequest, Store, StorePlugin
-from turnout.telemetry import Telemetry
-from turnout.worker import WorkerError, WorkerReleaser, WorkerSpec
+
+if TYPE_CHECKING:
+    # Imported where they are used instead: a command that releases nothing (turnout target
+    # list, say) then loads neither OpenTelemetry, tenacity, pluggy nor the worker code.
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from turnout import environment
+    from turnout.releaser import Releaser
+    from turnout.telemetry import Telemetry
+    from turnout.worker import WorkerReleaser
 
 log = logging.getLogger("turnout")
 
@@ -154,19 +157,35 @@ class Turnout:
         self.ledger = Ledger(self.registry.engine, lease=lease)
         self.store = Store(home)
         self._sleep = sleep
-        self.telemetry = Telemetry(tracer_provider, meter_provider)
+        self._providers = (tracer_provider, meter_provider)
+        self._telemetry: Telemetry | None = None
         self._releasers: dict[tuple[PluginRef, str], Releaser] = {}
         self._validated: set[tuple[str, int, PluginRef]] = set()
         self._routing: dict[str, Router] = {}
         self._lock = threading.Lock()
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """Where this handle's release spans and metrics go. Made on first use, so that a
+        command that releases nothing does not import OpenTelemetry."""
+        if self._telemetry is None:
+            from turnout.telemetry import Telemetry
+
+            self._telemetry = Telemetry(*self._providers)
+        return self._telemetry
+
+    @telemetry.setter
+    def telemetry(self, value: Telemetry) -> None:
+        self._telemetry = value
 
     def close(self) -> None:
         """Stop this handle's worker processes and release the database connections."""
         with self._lock:
             releasers, self._releasers = list(self._releasers.values()), {}
         for releaser in releasers:
-            if isinstance(releaser, WorkerReleaser):
-                releaser.close()
+            close = getattr(releaser, "close", None)  # a WorkerReleaser's processes
+            if close is not None:
+                close()
         self.ledger.close()
         self.registry.close()
 
@@ -213,25 +232,26 @@ class Turnout:
         ctx = validate_context(context)
         record: ReleaseRecord | None = None
         refused: ConfigurationError | None = None
+        observed = self.telemetry
         try:
-            with self.telemetry.release_span(target, key, ctx) as span:
+            with observed.release_span(target, key, ctx) as span:
                 try:
                     record = self._release(target, artifact, key, ctx, replay_of)
                 except TurnoutError as exc:
                     record = _record_of(exc)
                     if record is None and isinstance(exc, ConfigurationError):
                         refused = exc
-                    _observe(span, record, exc)
+                    observed.observe(span, record, exc)
                     raise
-                _observe(span, record, None)
+                observed.observe(span, record, None)
                 return record
         finally:
             # Counted once the span has ended: inside it, the SDK would sample an exemplar
             # for each measurement, which costs more than the measurement itself.
             if record is not None and not record.reused:
-                self.telemetry.count(record)
+                observed.count(record)
             elif refused is not None:  # the setup is wrong here: worth an alert
-                self.telemetry.count_refused(target, refused.plugin_ref or "")
+                observed.count_refused(target, refused.plugin_ref or "")
 
     def _release(
         self,
@@ -410,6 +430,8 @@ class Turnout:
                 self._explain_missing_from_store(ref)
             raise
         if isolation == "inline":
+            from turnout import environment
+
             return environment.load(ref, row.distribution, row.entry_point)
         # Only turnout's environment has this version: it still runs in its own process (with
         # deadlines and crash containment), on turnout's own path, which is its environment.
@@ -428,9 +450,11 @@ class Turnout:
             )
 
     def _environment_row(self, ref: PluginRef, isolation: str) -> PluginVersion:
-        row = self.registry.find_plugin_version(ref, environment.SOURCE)
+        row = self.registry.find_plugin_version(ref, ENVIRONMENT_SOURCE)
         if row is not None:
             return row
+        from turnout import environment
+
         try:
             return self._record(environment.find(ref))
         except PluginNotInstalledError:
@@ -451,6 +475,8 @@ class Turnout:
         *,
         own_environment: bool = True,
     ) -> WorkerReleaser:
+        from turnout.worker import WorkerReleaser, WorkerSpec
+
         spec = WorkerSpec(
             ref.plugin_id, ref.version, row.distribution, row.entry_point, path, own_environment
         )
@@ -463,7 +489,7 @@ class Turnout:
     def _record(self, plugin: environment.EnvironmentPlugin) -> PluginVersion:
         return self.registry.record_plugin_version(
             plugin.ref,
-            source=environment.SOURCE,
+            source=ENVIRONMENT_SOURCE,
             distribution=plugin.distribution,
             entry_point=plugin.entry_point,
             location=plugin.location,
@@ -917,6 +943,10 @@ class Turnout:
         """For ``name==version``: the recorded versions of that distribution, if on this machine."""
         if not request.spec or request.requirements is not None:
             return []
+        from packaging.requirements import InvalidRequirement, Requirement
+        from packaging.utils import canonicalize_name
+        from packaging.version import InvalidVersion, Version
+
         try:
             requirement = Requirement(request.spec)
         except InvalidRequirement:
@@ -1035,7 +1065,7 @@ class Turnout:
     ) -> SyncResult:
         row = self.registry.find_plugin_version(ref, "store")
         if row is None:
-            own = self.registry.find_plugin_version(ref, environment.SOURCE)
+            own = self.registry.find_plugin_version(ref, ENVIRONMENT_SOURCE)
             if own is not None:
                 detail = (
                     "runs from turnout's own environment; install it beside turnout: "
@@ -1164,6 +1194,9 @@ def _sync_request(
     spec = spec.strip()
     requirements = Path(lockfile.strip()) if lockfile.strip() else None
     if spec.endswith(".whl") and not Path(spec).exists():
+        from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+        from packaging.version import InvalidVersion
+
         with contextlib.suppress(InvalidWheelFilename, InvalidVersion):
             name, version, _build, _tags = parse_wheel_filename(Path(spec).name)
             spec = f"{name}=={version}"
@@ -1202,34 +1235,6 @@ def _record_of(exc: TurnoutError) -> ReleaseRecord | None:
 def _fields(release_id: str, target: str, ref: PluginRef) -> dict[str, str]:
     """The ``extra`` of a log record about one release (JSON log lines carry them)."""
     return {"release_id": release_id, "target": target, "plugin": str(ref)}
-
-
-def _observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | None) -> None:
-    """Put what the record says on the release span, in one call: the version, the routing
-    revision, the outcome and, when it failed, why. (A reused key's span names the release
-    that answered it.)"""
-    if not span.is_recording():
-        return
-    if record is not None:
-        attributes: dict[str, Any] = {
-            **telemetry.plugin_attributes(record.plugin_ref),
-            telemetry.RELEASE_ID: record.id,
-            telemetry.OUTCOME: "reused" if record.reused else record.status.value,
-        }
-        if record.decision is not None:
-            attributes[telemetry.REVISION] = record.decision["revision"]
-        span.set_attributes(attributes)
-        if record.status in (Status.SUCCEEDED, Status.RECONCILED):
-            return
-        telemetry.fail(
-            span, record.error_type or record.status.value, record.error or record.status.value
-        )
-    elif error is not None:
-        refused = {telemetry.OUTCOME: "refused"}
-        if isinstance(error, ConfigurationError) and error.plugin_ref:
-            refused |= telemetry.plugin_attributes(error.plugin_ref)
-        span.set_attributes(refused)
-        telemetry.fail(span, qualified_name(type(error)), str(error))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1296,7 +1301,7 @@ class _Attempts:
                 self.claim,
                 Status.UNKNOWN,
                 error=f"interrupted: {exc} (while asking the plugin's probe)",
-                error_type=qualified_name(Interrupted),
+                error_type=_INTERRUPTED,
                 retryable=True,
             )
             raise
@@ -1344,14 +1349,16 @@ class _Attempts:
                     )
                 except BaseException as exc:
                     entry = self._note(count, started, clock, exc)
-                    telemetry.fail(span, entry["error_type"], entry["error"])
+                    spans.fail(span, entry["error_type"], entry["error"])
                     raise
                 finally:
                     self._keep_output(count)
                 self._note(count, started, clock, None)
                 return result
 
-        policy = retries.release_policy(
+        from turnout.retries import release_policy
+
+        policy = release_policy(
             max_attempts=self.spec.max_attempts,
             deadline=self.spec.timeout * self.spec.max_attempts,
             sleep=self.turnout._sleep,
@@ -1367,7 +1374,7 @@ class _Attempts:
                 self.claim,
                 Status.UNKNOWN,
                 error=f"interrupted: {exc} (during attempt {count}); it may have deployed",
-                error_type=qualified_name(Interrupted),
+                error_type=_INTERRUPTED,
                 retryable=True,
                 output=self._output(),
                 attempt_log=self.attempt_log,
@@ -1464,6 +1471,8 @@ class _Attempts:
             )
 
     def _message(self, exc: BaseException) -> str:
+        from turnout.worker import WorkerError
+
         text = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
         return _secrets.redact(text, self.secrets)
 
@@ -1477,12 +1486,22 @@ class _Attempts:
         return _secrets.redact("\n".join(self.outputs), self.secrets)[-OUTPUT_LIMIT:]
 
 
+_INTERRUPTED = "turnout.errors.Interrupted"
+"""``qualified_name(Interrupted)`` (a test keeps them equal)."""
+
+
 def _error_type(exc: BaseException) -> str:
+    from turnout._serve import qualified_name
+    from turnout.worker import WorkerError
+
     return exc.type_name if isinstance(exc, WorkerError) else qualified_name(type(exc))
 
 
 def _retryable(exc: BaseException) -> bool:
-    return retries.is_transient(exc) and not isinstance(exc, MalformedResultError)
+    from turnout._serve import MalformedResultError
+    from turnout.retries import is_transient
+
+    return is_transient(exc) and not isinstance(exc, MalformedResultError)
 
 
 _default: dict[str, Turnout] = {}

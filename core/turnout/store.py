@@ -16,6 +16,7 @@ processes at once, ends with one good environment.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,11 +30,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from packaging.utils import canonicalize_name
-from packaging.version import Version
-
 from turnout.errors import PluginInstallError
-from turnout.hookspecs import ENTRY_POINT_GROUP
 from turnout.refs import PluginRef, normalize_plugin_id
 
 SOURCE = "store"
@@ -108,10 +105,25 @@ class Store:
     """One store folder."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.home = Path(home) if home is not None else default_home()
-        self.envs = self.home / "envs"
-        self.tmp = self.home / "tmp"
-        self.workers = self.home / "workers"
+        self._home = Path(home) if home is not None else None
+
+    @functools.cached_property
+    def home(self) -> Path:
+        """The store folder (the default one is looked up on first use: a command that never
+        touches the store does not import platformdirs)."""
+        return self._home if self._home is not None else default_home()
+
+    @property
+    def envs(self) -> Path:
+        return self.home / "envs"
+
+    @property
+    def tmp(self) -> Path:
+        return self.home / "tmp"
+
+    @property
+    def workers(self) -> Path:
+        return self.home / "workers"
 
     def path(self, digest: str) -> Path:
         """Where the environment with this digest lives (it may be missing on this machine)."""
@@ -261,6 +273,11 @@ def read_plugins(site: Path) -> list[StorePlugin]:
     Raises:
         PluginInstallError: None, or two distributions provide one plugin id.
     """
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    from turnout.hookspecs import ENTRY_POINT_GROUP
+
     found: dict[str, StorePlugin] = {}
     for dist in metadata.distributions(path=[str(site)]):
         name = dist.metadata["Name"]

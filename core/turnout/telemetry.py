@@ -23,9 +23,13 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from turnout import __version__
+from turnout import __version__, _settings
+from turnout._serve import qualified_name
+from turnout.errors import ConfigurationError
+from turnout.releases import Status
 
 if TYPE_CHECKING:
+    from turnout.errors import TurnoutError
     from turnout.releases import ReleaseRecord
 
 log = logging.getLogger("turnout.telemetry")
@@ -104,6 +108,38 @@ class Telemetry:
             set_status_on_exception=False,
         )
         return Current(span, set_span_in_context(span, parent))
+
+    @staticmethod
+    def observe(span: Span, record: ReleaseRecord | None, error: TurnoutError | None) -> None:
+        """Put what the record says on the release span, in one call: the version, the
+        routing revision, the outcome and, when it failed, why. (A reused key's span names
+        the release that answered it; a refused release's, the version it was routed to.)"""
+        if not span.is_recording():
+            return
+        if record is not None:
+            attributes: dict[str, Any] = {
+                **plugin_attributes(record.plugin_ref),
+                RELEASE_ID: record.id,
+                OUTCOME: "reused" if record.reused else record.status.value,
+            }
+            if record.decision is not None:
+                attributes[REVISION] = record.decision["revision"]
+            span.set_attributes(attributes)
+            if record.status in (Status.SUCCEEDED, Status.RECONCILED):
+                return
+            status = record.status.value
+            fail(span, record.error_type or status, record.error or status)
+        elif error is not None:
+            refused = {OUTCOME: "refused"}
+            if isinstance(error, ConfigurationError) and error.plugin_ref:
+                refused |= plugin_attributes(error.plugin_ref)
+            span.set_attributes(refused)
+            fail(span, qualified_name(type(error)), str(error))
+
+    @staticmethod
+    def fail(span: Span, error_type: str, message: str) -> None:
+        """:func:`fail`, for callers that hold the handle's :class:`Telemetry`."""
+        fail(span, error_type, message)
 
     def count(self, record: ReleaseRecord) -> None:
         """Record a release this process ran in the metrics (never labelled by customer)."""
@@ -195,6 +231,8 @@ def configure(environ: Mapping[str, str] = os.environ) -> Callable[[], None] | N
             ``pip install 'turnout[otel]'``), or an exporter name is unknown.
     """
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if not any(environ.get(name) for name in _settings.OTEL_ASKING):
         return None
     default = "otlp" if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else None
     traces = _exporter_name(environ, "OTEL_TRACES_EXPORTER", default)
