@@ -1,4 +1,4 @@
-"""Measure PERFORMANCE.md's goals P1, P2, P3, P4, P5, P6, P8, P9, P10 and P11, and D1.
+"""Measure PERFORMANCE.md's goals P1 to P11 (P7: the CLI's cold start), and D1.
 
 Every goal is a ratio to a floor or a peer measured in the same run: both sides alternate,
 after a warm-up, and the table gives medians with min-max. Run it with ``nox -s bench``
@@ -35,6 +35,7 @@ import goal_p3
 import goal_p4
 import goal_p5
 import goal_p6
+import goal_p7
 import goal_p8
 import goal_p9
 import goal_p10
@@ -54,6 +55,7 @@ GOALS: dict[str, Callable[[World, Plan, Report, argparse.Namespace], None]] = {
     "P9": lambda w, p, r, _a: goal_p9.run(w, p, r),
     "P8": lambda w, p, r, _a: goal_p8.run(w, p, r),
     "P6": lambda w, p, r, a: goal_p6.run(w, p, r, cli=not a.quick),
+    "P7": lambda w, p, r, _a: goal_p7.run(w, p, r),
     "D1": lambda w, p, r, _a: goal_dashboard.run(w, p, r),
     "parts": lambda w, p, r, _a: parts.run(w, p, r),
 }
