@@ -489,7 +489,8 @@ class WorkerReleaser:
 
     def stop_idle(self, now: float) -> int:
         """Stop the workers that have waited ``idle_seconds`` for a call by ``now``; return
-        how many were stopped."""
+        how many there were. They leave the pool at once and are stopped by a thread of
+        their own, so that the release that noticed them does not wait for them to exit."""
         cutoff = now - self._idle_seconds
         with self._lock:
             count = 0
@@ -500,8 +501,10 @@ class WorkerReleaser:
             waited = [process for _, process in self._idle[:count]]
             del self._idle[:count]
             self._started.difference_update(waited)
-        for process in waited:
-            process.stop()
+        stopping = threading.Thread(
+            target=_stop_each, args=(waited,), name="turnout-idle-workers", daemon=True
+        )
+        stopping.start()
         log.info(
             "stopped %d idle worker(s) of %s (%s s without a call)",
             len(waited),
@@ -590,6 +593,13 @@ class WorkerReleaser:
 
 
 _live: weakref.WeakSet[WorkerReleaser] = weakref.WeakSet()
+
+
+def _stop_each(processes: list[WorkerProcess]) -> None:
+    for process in processes:
+        process.stop()
+
+
 IDLE_CHECK_EVERY = 1.0
 """Seconds between two looks for idle workers (a look walks this process's versions)."""
 
