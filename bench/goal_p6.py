@@ -169,7 +169,7 @@ def _parts(world: World, plan: Plan) -> dict[str, list[float]]:
 
     def record() -> float:
         handle = fresh()
-        known = handle.registry.store_versions()  # as while uv runs
+        known = handle.registry.plugin_versions("store")  # as while uv runs
         start = time.perf_counter()
         added = handle.registry.add_store_versions(
             {NOOP_REF: (row.distribution, row.entry_point)},

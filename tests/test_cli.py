@@ -251,7 +251,7 @@ def test_cli_sigterm_grace_then_interrupt_and_a_second_sigterm_at_once(
     import time
 
     from turnout.cli import _finish_on_sigterm
-    from turnout.errors import Interrupted, UsageError
+    from turnout.errors import ConfigurationError, Interrupted
 
     def terminated(times: int) -> None:
         """SIGTERM ``times`` times inside, then work for 30 s."""
@@ -274,7 +274,9 @@ def test_cli_sigterm_grace_then_interrupt_and_a_second_sigterm_at_once(
     assert signal.getsignal(signal.SIGTERM) == before  # put back on the way out
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     monkeypatch.setenv("TURNOUT_TERM_GRACE", "soon")
-    with pytest.raises(UsageError, match="TURNOUT_TERM_GRACE must be a number"):
+    with pytest.raises(
+        ConfigurationError, match="TURNOUT_TERM_GRACE must be a number of seconds 0"
+    ):
         terminated(0)
 
 

@@ -62,11 +62,3 @@ def test_refs_ids_are_normalised_as_packaging_normalises_names(name: str) -> Non
     from packaging.utils import canonicalize_name
 
     assert normalize_plugin_id(name) == canonicalize_name(name)
-
-
-def test_runtime_names_interrupted_as_the_worker_protocol_does() -> None:
-    from turnout import runtime
-    from turnout._serve import qualified_name
-    from turnout.errors import Interrupted
-
-    assert qualified_name(Interrupted) == runtime._INTERRUPTED

@@ -418,8 +418,8 @@ def test_store_versions_added_from_a_stale_read_are_read_again(registry_url: str
     registry = Registry(registry_url)
     ref = PluginRef("echo", "1.0.0")
     add = {ref: ("turnout-echo", "turnout_echo")}
-    stale = registry.store_versions()
-    assert stale == {}
+    stale = registry.plugin_versions("store")
+    assert stale == []
     assert registry.add_store_versions(add, location="d1", hashes={}, requirement="r") == {
         ref: None
     }

@@ -516,3 +516,11 @@ def test_inline_plugin_output_is_captured_per_thread_and_redacted(
     assert "the caller's own line" in printed.out
     assert "leaky" not in printed.out + printed.err
     assert not isinstance(sys.stdout, _Routed)  # the wrappers came off with the last capture
+
+
+def test_release_lease_setting_that_is_not_a_number_is_refused(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TURNOUT_LEASE_SECONDS", "a minute")
+    with pytest.raises(turnout.ConfigurationError, match="TURNOUT_LEASE_SECONDS must be a number"):
+        Turnout(str(db_path))

@@ -7,9 +7,11 @@ import os
 from turnout.errors import ConfigurationError
 
 
-def number(name: str, default: float, *, integer: bool = False, unit: str = "seconds") -> float:
-    """A number above 0 (of ``unit``) from the environment variable ``name``; ``default`` when
-    it is unset.
+def number(
+    name: str, default: float, *, integer: bool = False, unit: str = "seconds", zero: bool = False
+) -> float:
+    """A number above 0 (or, with ``zero``, 0 or more) of ``unit`` from the environment variable
+    ``name``; ``default`` when it is unset.
 
     Raises:
         ConfigurationError: It is set to something else (the message names it and the fix).
@@ -21,9 +23,10 @@ def number(name: str, default: float, *, integer: bool = False, unit: str = "sec
         value = int(raw) if integer else float(raw)
     except ValueError:
         value = -1
-    if not value > 0:
+    if not (value >= 0 if zero else value > 0):
         kind = f"a whole number of {unit}" if integer else f"a number of {unit}"
-        raise ConfigurationError(f"{name} must be {kind} above 0, not {raw!r}; fix or unset it")
+        least = "0 or more" if zero else "above 0"
+        raise ConfigurationError(f"{name} must be {kind} {least}, not {raw!r}; fix or unset it")
     return value
 
 

@@ -103,13 +103,7 @@ def _finish_on_sigterm() -> Iterator[Callable[[], None]]:
     import signal
     import threading
 
-    raw = os.environ.get(TERM_GRACE_ENV, "").strip()
-    try:
-        grace = float(raw) if raw else DEFAULT_TERM_GRACE
-    except ValueError:
-        raise UsageError(f"{TERM_GRACE_ENV} must be a number of seconds, not {raw!r}") from None
-    if grace < 0:
-        raise UsageError(f"{TERM_GRACE_ENV} must be 0 or more seconds, not {raw!r}")
+    grace = _settings.number(TERM_GRACE_ENV, DEFAULT_TERM_GRACE, zero=True)
     told = False
 
     def between() -> None:

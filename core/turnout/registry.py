@@ -8,7 +8,7 @@ transaction, and nothing in that history is ever updated or deleted. Callers val
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -94,6 +94,12 @@ class TargetChange:
 _TARGETS = Target.__table__  # type: ignore[attr-defined]
 _TARGET_BY_NAME = sa.select(_TARGETS).where(_TARGETS.c.name == sa.bindparam("name"))
 _TARGETS_BY_NAME = sa.select(_TARGETS).order_by(_TARGETS.c.name)
+_VERSIONS = PluginVersion.__table__  # type: ignore[attr-defined]
+_VERSION_BY_REF = sa.select(_VERSIONS).where(
+    _VERSIONS.c.plugin_id == sa.bindparam("plugin_id"),
+    _VERSIONS.c.version == sa.bindparam("version"),
+    _VERSIONS.c.source == sa.bindparam("source"),
+)
 
 
 def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:
@@ -124,6 +130,12 @@ def _plugin_version(ref: PluginRef, source: str) -> SelectOfScalar[PluginVersion
         PluginVersion.version == ref.version,
         PluginVersion.source == source,
     )
+
+
+def _version_by_ref(conn: sa.Connection, ref: PluginRef, source: str) -> PluginVersion | None:
+    params = {"plugin_id": ref.plugin_id, "version": ref.version, "source": source}
+    row = conn.execute(_VERSION_BY_REF, params).one_or_none()
+    return None if row is None else PluginVersion.model_validate(row._mapping)
 
 
 def _spec(row: Target) -> TargetSpec:
@@ -375,15 +387,8 @@ class Registry:
     def find_plugin_version(self, ref: PluginRef, source: str) -> PluginVersion | None:
         """The recorded provider of exactly ``ref`` from ``source``, if any (one indexed query)."""
         self.ensure_schema()
-        table = PluginVersion.__table__  # type: ignore[attr-defined]
-        query = sa.select(table).where(
-            table.c.plugin_id == ref.plugin_id,
-            table.c.version == ref.version,
-            table.c.source == source,
-        )
         with _db.reader(self.engine) as conn:
-            row = conn.execute(query).one_or_none()
-        return None if row is None else PluginVersion.model_validate(row._mapping)
+            return _version_by_ref(conn, ref, source)
 
     def record_plugin_version(
         self,
@@ -427,7 +432,7 @@ class Registry:
         location: str,
         hashes: dict[str, str],
         requirement: str,
-        known: Mapping[PluginRef, PluginVersion] | None = None,
+        known: Sequence[PluginVersion] | None = None,
     ) -> dict[PluginRef, PluginVersion | None]:
         """Record the store plugin versions of one environment, all of them or none.
 
@@ -435,26 +440,18 @@ class Registry:
         as it was before (``None``: there was none). When every existing row names this
         ``location``, the missing ones are inserted; when one names another, nothing is
         written and the caller refuses the install. ``known``: the store's rows as read a
-        moment ago (:meth:`store_versions`), which spares reading them again; a row another
-        installer added since fails the insert on the unique key, and then the rows are read
-        again in a second transaction.
+        moment ago (``plugin_versions("store")``), which spares reading them again; a row
+        another installer added since fails the insert on the unique key, and then the rows are
+        read again in a second transaction.
         """
         self.ensure_schema()
-        table = PluginVersion.__table__  # type: ignore[attr-defined]
+        was = {PluginRef(row.plugin_id, row.version): row for row in known or ()}
 
         def add(conn: sa.Connection, read: bool) -> dict[PluginRef, PluginVersion | None]:
-            before: dict[PluginRef, PluginVersion | None] = {}
-            for ref in plugins:
-                if not read and known is not None:
-                    before[ref] = known.get(ref)
-                    continue
-                query = sa.select(table).where(
-                    table.c.plugin_id == ref.plugin_id,
-                    table.c.version == ref.version,
-                    table.c.source == "store",
-                )
-                row = conn.execute(query).one_or_none()
-                before[ref] = None if row is None else PluginVersion.model_validate(row._mapping)
+            before = {
+                ref: _version_by_ref(conn, ref, "store") if read else was.get(ref)
+                for ref in plugins
+            }
             if any(row is not None and row.location != location for row in before.values()):
                 return before
             now = utcnow()
@@ -474,7 +471,7 @@ class Registry:
                 if before[ref] is None
             ]
             if missing:
-                conn.execute(table.insert(), missing)
+                conn.execute(_VERSIONS.insert(), missing)
             return before
 
         with _db.translate_errors(self.url):
@@ -485,15 +482,6 @@ class Registry:
                 pass
             with self.engine.begin() as conn:
                 return add(conn, read=True)
-
-    def store_versions(self) -> dict[PluginRef, PluginVersion]:
-        """Every store plugin version's row, by ref (one read)."""
-        self.ensure_schema()
-        table = PluginVersion.__table__  # type: ignore[attr-defined]
-        with _db.reader(self.engine) as conn:
-            rows = conn.execute(sa.select(table).where(table.c.source == "store")).all()
-        versions = (PluginVersion.model_validate(row._mapping) for row in rows)
-        return {PluginRef(row.plugin_id, row.version): row for row in versions}
 
     def plugin_versions(self, source: str | None = None) -> list[PluginVersion]:
         """Every recorded plugin version (of one source), by id and version."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from turnout import _db, _secrets
+from turnout import _db, _secrets, _settings
 from turnout.errors import (
     ConfigRejectedError,
     ConfigurationError,
@@ -152,7 +152,7 @@ class Turnout:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         if lease is None:
-            lease = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE)
+            lease = _settings.number(LEASE_ENV, DEFAULT_LEASE)
         self.registry = Registry(db)
         self.ledger = Ledger(self.registry.engine, lease=lease)
         self.store = Store(home)
@@ -910,9 +910,9 @@ class Turnout:
             return already
         # The registry's first connection, its schema check and the read of what the store
         # holds happen while the installer runs.
-        known: dict[PluginRef, PluginVersion] = {}
+        known: list[PluginVersion] = []
         installed = self.store.install(
-            request, meanwhile=lambda: known.update(self.registry.store_versions())
+            request, meanwhile=lambda: known.extend(self.registry.plugin_versions("store"))
         )
         before = self.registry.add_store_versions(
             {plugin.ref: (plugin.distribution, plugin.entry_point) for plugin in installed.plugins},
@@ -1301,7 +1301,7 @@ class _Attempts:
                 self.claim,
                 Status.UNKNOWN,
                 error=f"interrupted: {exc} (while asking the plugin's probe)",
-                error_type=_INTERRUPTED,
+                error_type=_error_type(exc),
                 retryable=True,
             )
             raise
@@ -1349,7 +1349,7 @@ class _Attempts:
                     )
                 except BaseException as exc:
                     entry = self._note(count, started, clock, exc)
-                    spans.fail(span, entry["error_type"], entry["error"])
+                    fail(span, entry["error_type"], entry["error"])
                     raise
                 finally:
                     self._keep_output(count)
@@ -1357,6 +1357,7 @@ class _Attempts:
                 return result
 
         from turnout.retries import release_policy
+        from turnout.telemetry import fail
 
         policy = release_policy(
             max_attempts=self.spec.max_attempts,
@@ -1374,7 +1375,7 @@ class _Attempts:
                 self.claim,
                 Status.UNKNOWN,
                 error=f"interrupted: {exc} (during attempt {count}); it may have deployed",
-                error_type=_INTERRUPTED,
+                error_type=_error_type(exc),
                 retryable=True,
                 output=self._output(),
                 attempt_log=self.attempt_log,
@@ -1484,10 +1485,6 @@ class _Attempts:
         if not self.outputs:
             return None
         return _secrets.redact("\n".join(self.outputs), self.secrets)[-OUTPUT_LIMIT:]
-
-
-_INTERRUPTED = "turnout.errors.Interrupted"
-"""``qualified_name(Interrupted)`` (a test keeps them equal)."""
 
 
 def _error_type(exc: BaseException) -> str:

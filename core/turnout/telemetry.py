@@ -23,7 +23,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from turnout import __version__, _settings
+from turnout import __version__
 from turnout._serve import qualified_name
 from turnout.errors import ConfigurationError
 from turnout.releases import Status
@@ -136,11 +136,6 @@ class Telemetry:
             span.set_attributes(refused)
             fail(span, qualified_name(type(error)), str(error))
 
-    @staticmethod
-    def fail(span: Span, error_type: str, message: str) -> None:
-        """:func:`fail`, for callers that hold the handle's :class:`Telemetry`."""
-        fail(span, error_type, message)
-
     def count(self, record: ReleaseRecord) -> None:
         """Record a release this process ran in the metrics (never labelled by customer)."""
         labels = _labels(record.target, record.plugin_ref, record.status.value)
@@ -231,8 +226,6 @@ def configure(environ: Mapping[str, str] = os.environ) -> Callable[[], None] | N
             ``pip install 'turnout[otel]'``), or an exporter name is unknown.
     """
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    if not any(environ.get(name) for name in _settings.OTEL_ASKING):
         return None
     default = "otlp" if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else None
     traces = _exporter_name(environ, "OTEL_TRACES_EXPORTER", default)
