@@ -587,29 +587,48 @@ def test_store_worker_stays_warm_and_restarts_after_dying(tt: Turnout, wheelhous
 
 
 @pytest.mark.usefixtures("plugin_site")
-def test_store_workers_idle_too_long_are_stopped_at_the_next_call(
+def test_store_workers_idle_too_long_are_stopped_without_another_call(
     tt: Turnout, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A version nobody calls any more (a rollback moved its targets) does not keep a process
-    # for the life of the job runner: the next call of any version stops it.
+    # A version nobody calls any more (a rollback moved its targets), in a job runner that has
+    # gone quiet, does not keep a process meanwhile: it is stopped once it has waited its
+    # limit, while the version still called keeps its warm worker.
     monkeypatch.setenv("TURNOUT_WORKER_IDLE_SECONDS", "1")
     tt.install_plugin(_request(_echo_wheel(wheelhouse, "2.0.0"), wheelhouse))
     tt.set_target("old", "echo@1.0.0")  # turnout's own environment, in a worker process
     tt.set_target("new", "echo@2.0.0")
-    tt.release("old", "a.tgz", key="k1")
-    (old,) = [r for r in tt._releasers.values() if str(r.spec.ref) == "echo@1.0.0"]
-    assert isinstance(old, WorkerReleaser)
-    (pid,) = old.pids()
-    tt.release("old", "a.tgz", key="k2")
-    assert old.pids() == [pid]  # called within the second: still warm
-    time.sleep(1.2)  # idle for longer than TURNOUT_WORKER_IDLE_SECONDS
     with caplog.at_level(logging.INFO, logger="turnout.worker"):
-        assert tt.release("new", "a.tgz", key="k1").status is Status.SUCCEEDED
-    assert old.pids() == []
-    wait_until_gone(pid)
-    assert "stopped 1 idle worker(s) of echo@1.0.0 (1 s without a call)" in caplog.text
+        tt.release("old", "a.tgz", key="k1")
+        (old,) = [r for r in tt._releasers.values() if str(r.spec.ref) == "echo@1.0.0"]
+        assert isinstance(old, WorkerReleaser)
+        (pid,) = old.pids()
+        tt.release("old", "a.tgz", key="k2")
+        assert old.pids() == [pid]  # called within the second: still warm
+        tt.release("new", "a.tgz", key="k1")
+        (new,) = [r for r in tt._releasers.values() if str(r.spec.ref) == "echo@2.0.0"]
+        (new_pid,) = new.pids()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            time.sleep(0.25)  # keep the new version warm: a call at least every 0.25 s
+            tt.release("new", "a.tgz", key=f"k{deadline - time.monotonic():.3f}")
+            if not old.pids():
+                break
+        assert old.pids() == []
+        wait_until_gone(pid)
+        assert new.pids() == [new_pid]
+        said = "stopped 1 idle worker(s) of echo@1.0.0 (1 s without a call)"
+        deadline = time.monotonic() + 5  # logged once the worker's exit has been waited for
+        while said not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert said in caplog.text
     assert tt.release("old", "a.tgz", key="k3").status is Status.SUCCEEDED  # a fresh one
     assert old.pids() != [pid]
+
+    # No call at all, in either version: both are stopped.
+    (old_pid,), (new_pid,) = old.pids(), new.pids()
+    for gone in (old_pid, new_pid):
+        wait_until_gone(gone, timeout=5)
+    assert old.pids() == new.pids() == []
 
 
 @pytest.mark.usefixtures("plugin_site")
@@ -628,12 +647,16 @@ def test_store_worker_settings_that_are_not_numbers_are_refused_before_the_claim
     assert read_calls(calls_file) == []
 
 
-def wait_until_gone(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
-            return  # dead, not yet reaped by its parent (this process)
+def wait_until_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+                return  # dead, not yet reaped by its parent (this process)
+        except FileNotFoundError:
+            return
         time.sleep(0.01)
+    raise AssertionError(f"process {pid} still runs after {timeout} s")
 
 
 def test_store_version_whose_distribution_no_longer_declares_the_entry_point_is_refused(

@@ -61,8 +61,8 @@ START_TIMEOUT = 30.0
 DEFAULT_MEMORY_LIMIT_MB = 2048
 """Address-space limit of a worker (RLIMIT_AS); ``TURNOUT_WORKER_MEMORY_MB`` overrides it."""
 DEFAULT_IDLE_SECONDS = 300.0
-"""Seconds a worker may wait for its next call before it is stopped (at the next call any
-version makes in this process); ``TURNOUT_WORKER_IDLE_SECONDS`` overrides it."""
+"""Seconds a worker may wait for its next call before it is stopped (by this process's
+``turnout-idle-workers`` thread); ``TURNOUT_WORKER_IDLE_SECONDS`` overrides it."""
 ENV_ALLOWLIST = (
     "PATH", "LANG", "LANGUAGE", "TZ", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
     "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
@@ -445,7 +445,9 @@ class WorkerReleaser:
         self._memory_limit_mb = int(
             _settings.number(MEMORY_ENV, DEFAULT_MEMORY_LIMIT_MB, integer=True, unit="MB")
         )
-        _live.add(self)
+        with _live_lock:
+            _live.add(self)
+        _idle_workers.watch(idle_seconds)
 
     @property
     def output(self) -> str:
@@ -460,7 +462,6 @@ class WorkerReleaser:
 
     def _take(self) -> WorkerProcess:
         """An idle, living worker, or a new one (started: import errors surface here)."""
-        _idle_workers.stop(time.monotonic())
         with self._lock:
             while self._idle:
                 _, process = self._idle.pop()
@@ -484,34 +485,37 @@ class WorkerReleaser:
             self._started.discard(process)
 
     def _give_back(self, process: WorkerProcess) -> None:
+        if _idle_workers.thread is None:
+            _idle_workers.start()
         with self._lock:
             self._idle.append((time.monotonic(), process))
 
-    def stop_idle(self, now: float) -> int:
+    def stop_idle(self, now: float) -> float:
         """Stop the workers that have waited ``idle_seconds`` for a call by ``now``; return
-        how many there were. They leave the pool at once and are stopped by a thread of
-        their own, so that the release that noticed them does not wait for them to exit."""
+        when the next one will have waited that long, if nobody calls it meanwhile (a
+        worker that goes idle later waits until ``now + idle_seconds`` at the earliest).
+
+        They leave the pool first, under the lock, so that no call takes one being stopped.
+        """
         cutoff = now - self._idle_seconds
         with self._lock:
             count = 0
             while count < len(self._idle) and self._idle[count][0] <= cutoff:
                 count += 1
-            if not count:
-                return 0
             waited = [process for _, process in self._idle[:count]]
             del self._idle[:count]
             self._started.difference_update(waited)
-        stopping = threading.Thread(
-            target=_stop_each, args=(waited,), name="turnout-idle-workers", daemon=True
-        )
-        stopping.start()
-        log.info(
-            "stopped %d idle worker(s) of %s (%s s without a call)",
-            len(waited),
-            self.spec.ref,
-            f"{self._idle_seconds:g}",
-        )
-        return len(waited)
+            oldest = self._idle[0][0] if self._idle else now
+        if waited:
+            for process in waited:
+                process.stop()
+            log.info(
+                "stopped %d idle worker(s) of %s (%s s without a call)",
+                len(waited),
+                self.spec.ref,
+                f"{self._idle_seconds:g}",
+            )
+        return oldest + self._idle_seconds
 
     def ensure_started(self) -> None:
         """Start a worker now (import errors surface here, as PluginLoadError)."""
@@ -593,31 +597,63 @@ class WorkerReleaser:
 
 
 _live: weakref.WeakSet[WorkerReleaser] = weakref.WeakSet()
+_live_lock = threading.Lock()
 
 
-def _stop_each(processes: list[WorkerProcess]) -> None:
-    for process in processes:
-        process.stop()
-
-
-IDLE_CHECK_EVERY = 1.0
-"""Seconds between two looks for idle workers (a look walks this process's versions)."""
+def _live_releasers() -> list[WorkerReleaser]:
+    with _live_lock:  # a WeakSet cannot be walked while another thread adds to it
+        return list(_live)
 
 
 class _IdleWorkers:
-    """Stops every version's workers that have waited too long for a call, looking at most
-    once every :data:`IDLE_CHECK_EVERY` (two threads may both look: each worker is stopped by
-    one of them)."""
+    """The thread that stops every version's workers once they have waited too long for a
+    call, so that a job runner which goes quiet for hours does not keep them meanwhile.
+
+    It starts when the process first returns a worker to a pool, and sleeps until the next
+    worker would have waited its limit. No call wakes it, because a worker that becomes idle
+    after a look is due no earlier than that look plus the shortest limit; only a version
+    with a shorter limit than any before does. A forked child (a Celery pool process) starts
+    its own: the parent's thread does not run in it.
+    """
 
     def __init__(self) -> None:
-        self._next = 0.0
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._shortest = DEFAULT_IDLE_SECONDS
+        os.register_at_fork(after_in_child=self._forget)
 
-    def stop(self, now: float) -> None:
-        if now < self._next:
-            return
-        self._next = now + IDLE_CHECK_EVERY
-        for releaser in list(_live):
-            releaser.stop_idle(now)
+    def watch(self, limit: float) -> None:
+        """A version whose workers may wait ``limit`` seconds: look sooner if it is shorter."""
+        with self._lock:
+            if limit < self._shortest:
+                self._shortest = limit
+                self._wake.set()
+
+    def start(self) -> None:
+        with self._lock:
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="turnout-idle-workers", daemon=True
+                )
+                self.thread.start()
+
+    def _forget(self) -> None:
+        self.thread = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.clear()  # before the look: a shorter limit set during it still wakes
+            now = time.monotonic()
+            due = now + self._shortest
+            for releaser in _live_releasers():
+                try:
+                    due = min(due, releaser.stop_idle(now))
+                except Exception:  # a worker that cannot be stopped must not end the thread
+                    log.exception("stopping %s's idle workers failed", releaser.spec.ref)
+            self._wake.wait(max(due - time.monotonic(), 0.01))
 
 
 _idle_workers = _IdleWorkers()
@@ -626,5 +662,5 @@ _idle_workers = _IdleWorkers()
 @atexit.register
 def _stop_all() -> None:
     # A job runner that exits without closing its handle leaves no worker behind.
-    for releaser in list(_live):
+    for releaser in _live_releasers():
         releaser.close()
