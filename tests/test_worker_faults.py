@@ -7,6 +7,7 @@ releases through real worker processes; nothing is mocked.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import subprocess
@@ -315,6 +316,37 @@ def test_worker_output_of_each_call_goes_to_its_own_release(tt: Turnout, faults:
         pids.add(record.result["pid"])
         assert record.output == f"--- attempt 1 ---\nstdout: call {n}\nstderr: call {n}\n"
     assert len(pids) == 1
+
+
+def test_worker_output_between_calls_goes_to_no_release(
+    tt: Turnout, faults: Faults, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One worker serves every target of its version. What a plugin's own thread prints after
+    # the call for one target returned must not land in the next call's output, stored with
+    # another target's release and redacted with that release's secrets only (S3, S7).
+    faults.install(tt, "crash")
+    ref = f"crash@{VERSION}"
+    tt.set_target("a", ref, config={"mode": "ok", "say": "call a"})
+    tt.release("a", "a.tgz", key="k1")
+    (releaser,) = tt._releasers.values()
+    assert isinstance(releaser, worker_module.WorkerReleaser)
+    call = {"artifact": "a.tgz", "context": {}, "attempt": 1, "timeout": 10.0}
+    say = {"mode": "ok", "say": "tenant-a-private", "after": 0.05}
+    releaser.release(target="a", config=say, idempotency_key="k2", **call)
+    assert releaser.output == "stdout: tenant-a-private\nstderr: tenant-a-private\n"
+    time.sleep(0.5)  # the plugin's thread printed "after: tenant-a-private" meanwhile
+    with caplog.at_level(logging.WARNING, logger="turnout.worker"):
+        result = releaser.release(
+            target="b",
+            config={"mode": "ok", "say": "call b"},
+            idempotency_key="k1",
+            **call,
+        )
+    assert releaser.output == "stdout: call b\nstderr: call b\n"
+    assert result["pid"] == releaser.pids()[0]  # the same warm worker answered
+    size = len("after: tenant-a-private\n")
+    assert f"{ref} printed {size} byte(s) between calls, outside any release" in caplog.text
+    assert "tenant-a-private" not in caplog.text
 
 
 def test_worker_a_plugin_that_forks_answers_once_per_call(tt: Turnout, faults: Faults) -> None:

@@ -10,8 +10,9 @@ Requests and answers are length-prefixed JSON on two dedicated pipes. The plugin
 stderr share a third pipe, which the core reads into a bounded buffer while it waits for an
 answer, so a flood during a call can neither block the worker nor grow the core's memory.
 (Between calls nobody reads it: a plugin's own thread that prints more than the pipe holds
-then waits until the next call.) Both sides poll for a moment before they block (see
-``_serve.spin``), which keeps a warm round trip in tens of microseconds.
+then waits until the next call, which drops what was printed since the last one ended.)
+Both sides poll for a moment before they block (see ``_serve.spin``), which keeps a warm
+round trip in tens of microseconds.
 """
 
 from __future__ import annotations
@@ -165,6 +166,15 @@ class _Output:
         text = head[-self._limit :].decode("utf-8", "backslashreplace")
         return _secrets.DROPPED + text if cut else text
 
+    def drop(self) -> int:
+        """Drop what the pipe and the buffer hold now; return how many bytes that was (at
+        least: a flood may have been cut already)."""
+        self.pump()
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._cut = False
+        return dropped
+
     def drain(self, timeout: float) -> None:
         """Read until the worker's end closes (or ``timeout``), keeping it for :meth:`take`;
         then close our end."""
@@ -213,6 +223,7 @@ class WorkerProcess:
         self.process.stdout.close()
         self._buffer = bytearray()
         self._memory_limit_mb = memory_limit_mb
+        self._called = False
 
     @property
     def alive(self) -> bool:
@@ -252,6 +263,9 @@ class WorkerProcess:
             WorkerTimeoutError: No answer within ``timeout``; the process group was stopped.
             WorkerCrashedError: The worker died before answering.
         """
+        if self._called:
+            self._drop_between_calls()
+        self._called = True
         nonce = secrets.token_hex(8)
         message: dict[str, Any] = {"op": op, "args": dict(args), "nonce": nonce}
         trace = telemetry.carrier()
@@ -259,6 +273,23 @@ class WorkerProcess:
             message["trace"] = trace
         answer = self._exchange(message, timeout, nonce=nonce)
         return answer, self._output.take(nonce.encode(), wait=1.0)
+
+    def _drop_between_calls(self) -> None:
+        """Drop what the plugin printed since the last call ended (a thread of its own, say).
+
+        It belongs to no release: kept with the next one, it would be stored in the record of
+        whichever target calls this version next, redacted with that release's secrets but
+        not with the secrets of the call that printed it. (What the plugin printed while it
+        loaded stays with the first call, which started it.)
+        """
+        dropped = self._output.drop()
+        if dropped:
+            log.warning(
+                "%s printed %d byte(s) between calls, outside any release; they are not kept "
+                "(a plugin's output is stored with a release only while a call runs)",
+                self.spec.ref,
+                dropped,
+            )
 
     def _exchange(
         self, message: Mapping[str, Any], timeout: float, *, nonce: str | None
