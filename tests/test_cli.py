@@ -43,6 +43,21 @@ def test_cli_help_lists_commands_and_exit_codes(run) -> None:
         assert word in result.stdout
 
 
+def test_cli_runs_as_python_m_turnout(db_path: Path) -> None:
+    # The same command where the script is not on PATH; --help names it "turnout".
+    command = [sys.executable, "-m", "turnout", "--db", str(db_path)]
+    shown = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True)
+    assert shown.stdout.startswith("Usage: turnout [OPTIONS] COMMAND [ARGS]...")
+    subprocess.run([*command, "db", "upgrade"], capture_output=True, check=True)
+    listed = subprocess.run([*command, "target", "list", "--json"], capture_output=True, check=True)
+    assert json.loads(listed.stdout) == []
+    missing = subprocess.run(
+        [*command, "resolve", "nowhere"], capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 78  # exit codes pass through
+    assert "nowhere" in missing.stderr
+
+
 def test_cli_help_names_every_setting_the_core_reads(run) -> None:
     # The Celery app's settings are the Celery worker's (docs/deploying.md); the serve
     # command's token is in its own --help.
