@@ -387,6 +387,46 @@ def test_replay_cli_stops_between_releases_on_sigterm(
     assert len(replays) == 3
 
 
+def test_replay_exit_code_puts_what_retrying_cannot_fix_first(
+    db_path: Path, calls_file: Path
+) -> None:
+    # A job runner retries on 75 only: a replay whose target is gone (a configuration error)
+    # must not say "try again later", nor must a permanent failure beside a transient one.
+    with Turnout(str(db_path)) as handle:
+        failing = {"calls": str(calls_file), "fail_with": "permanent"}
+        for target in ("gone", "still-failing", "flaky"):
+            handle.set_target(target, "echo@1.0.0", config=failing, isolation="inline")
+            with pytest.raises(ReleaseFailedError):
+                handle.release(target, "a.tgz", key="k1")
+        handle.remove_target("gone")
+        handle.set_target(
+            "flaky",
+            "echo@1.0.0",
+            config={"calls": str(calls_file), "fail_with": "connection"},
+            isolation="inline",
+            max_attempts=1,
+        )
+    runner = CliRunner()
+
+    def replay(*targets: str) -> tuple[int, list[Any]]:
+        codes, rows = set(), []
+        for target in targets:
+            result = runner.invoke(
+                cli, ["--db", str(db_path), "replay", "--since", "1h", "--target", target, "--json"]
+            )
+            codes.add(result.exit_code)
+            rows += json.loads(result.stdout)
+        return max(codes), rows
+
+    code, (row,) = replay("gone")
+    assert code == 78
+    assert "unknown target 'gone'" in row["error"]
+    assert replay("flaky")[0] == 75
+    both = runner.invoke(cli, ["--db", str(db_path), "replay", "--since", "1h", "--json"])
+    assert {r["target"] for r in json.loads(both.stdout)} == {"gone", "still-failing", "flaky"}
+    assert both.exit_code == 1  # still-failing failed permanently: the first to look at
+
+
 def test_replay_and_reconcile_cli(db_path: Path, calls_file: Path) -> None:
     runner = CliRunner()
 

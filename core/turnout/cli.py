@@ -20,7 +20,10 @@ import click
 
 from turnout import __version__, _settings, views
 from turnout.errors import (
+    EXIT_CONFIG,
+    EXIT_DATAERR,
     EXIT_FAILED,
+    EXIT_OK,
     EXIT_TEMPFAIL,
     EXIT_USAGE,
     ConfigurationError,
@@ -1144,7 +1147,6 @@ def plugin_sync(
     or gave other files; 78 when a version is unknown to the registry; with --check, 75 when
     one is missing on this machine (not ready yet: run turnout plugin sync).
     """
-    from turnout.errors import EXIT_CONFIG
 
     handle = _handle(ctx)
     verb = "checking" if check else "syncing"
@@ -1795,7 +1797,9 @@ def replay_command(
 
     Each replay is a new release linked to its original, with a key derived from the original
     and the target's revision: replaying the same window twice runs each release once. Exits 1
-    if a replay failed permanently, 75 if one failed transiently, else 0.
+    if a replay failed permanently, else 78 if one was refused for its configuration (its
+    target removed, its version not installed), else 75 if one failed transiently or is in
+    progress elsewhere, else 0.
     """
     from turnout.releases import Status
 
@@ -1859,9 +1863,15 @@ def replay_command(
                 for r in rows
             ],
         )
-    codes = [r.record.exit_code if r.record else getattr(r.error, "exit_code", 1) for r in replays]
-    if not dry_run and any(code not in (0,) for code in codes):
-        ctx.exit(EXIT_FAILED if EXIT_FAILED in codes else EXIT_TEMPFAIL)
+    codes = {r.record.exit_code if r.record else getattr(r.error, "exit_code", 1) for r in replays}
+    if not dry_run and codes - {EXIT_OK}:
+        # What asking again cannot fix comes first: a job runner retries only on 75.
+        ctx.exit(next((c for c in REPLAY_EXIT_ORDER if c in codes), EXIT_TEMPFAIL))
+
+
+REPLAY_EXIT_ORDER = (EXIT_FAILED, EXIT_CONFIG, EXIT_DATAERR)
+"""Which code a replay exits with when its releases ended differently: the first of these
+found, else 75."""
 
 
 def _replay_note(row: dict[str, Any], dry_run: bool) -> str:

@@ -55,7 +55,8 @@ MAX_VALUE_LENGTH = 200
 
 
 def _bucket_v1(salt: bytes, value: str) -> int:
-    """Scheme v1: the first 4 bytes of BLAKE2b keyed with the route's salt, big-endian."""
+    """Scheme v1: a 4-byte BLAKE2b digest (``digest_size=4``, which differs from the first 4
+    bytes of a longer digest) of the UTF-8 value, keyed with the route's salt, big-endian."""
     digest = hashlib.blake2b(value.encode(), digest_size=4, key=salt).digest()
     return int.from_bytes(digest, "big")
 
