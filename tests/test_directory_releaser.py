@@ -44,6 +44,27 @@ def test_directory_release_switches_current_and_is_idempotent(tt: Turnout, tmp_p
     assert len(releases) == 2
 
 
+def test_directory_two_customers_with_one_key_each_get_their_deploy(
+    tt: Turnout, tmp_path: Path
+) -> None:
+    # S7 end to end: the plugin keeps a journal per (target, key). Were it called with the
+    # bare key, the second customer's release would get the first's journal entry back: a
+    # success recorded for an artifact that never went live.
+    www = tmp_path / "www"
+    first = tt.release(
+        "web", str(_site(tmp_path, "c1", "one")), key="k1", context={"customer": "c1"}
+    )
+    second = tt.release(
+        "web", str(_site(tmp_path, "c3", "three")), key="k1", context={"customer": "c3"}
+    )
+    assert second.status is Status.SUCCEEDED
+    assert second.result is not None
+    assert not second.result["reused"]
+    assert (www / "current" / "index.html").read_text() == "three"
+    assert first.result is not None
+    assert second.result["path"] != first.result["path"]
+
+
 def test_directory_release_refuses_an_escaping_archive(tt: Turnout, tmp_path: Path) -> None:
     archive = tmp_path / "evil.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

@@ -263,7 +263,7 @@ def test_plugin_new_plugin_installs_passes_its_tests_and_releases(
     assert record.result == {
         "path": str(log),
         "line": 1,
-        "idempotency_key": "build-1",
+        "idempotency_key": record.plugin_key,  # build-1, made unique per customer
         "reused": False,
     }
     (releaser,) = tt._releasers.values()

@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from helpers import read_calls
 from sqlmodel import SQLModel
 
-from turnout import _db
+from turnout import Status, _db
 from turnout.errors import (
     ConfigRejectedError,
     DatabaseNotMigratedError,
@@ -26,7 +27,7 @@ from turnout.errors import (
 )
 from turnout.refs import PluginRef
 from turnout.registry import Registry
-from turnout.releases import Claim
+from turnout.releases import Claim, fingerprint
 from turnout.runtime import Turnout
 
 
@@ -124,6 +125,52 @@ def test_migration_0009_scopes_recorded_keys_by_customer(registry_url: str) -> N
         )
         assert isinstance(other, Claim)
         assert other.id != "r0"
+
+
+@pytest.mark.usefixtures("plugin_site")
+def test_migration_0010_releases_claimed_before_go_on_with_their_bare_key(
+    registry_url: str, calls_file: Path
+) -> None:
+    """A customer's release claimed before 0010 was called with its bare key. Resumed after
+    the upgrade it is called with that key again: with the new key, a plugin that recognises
+    repeats by key would not know the first call (SQLite and PostgreSQL)."""
+    from alembic import command
+
+    config = {"calls": str(calls_file)}
+    acme = {"customer": "acme"}
+    with Turnout(registry_url) as tt:
+        tt.set_target("t", "echo@1.0.0", config=config, isolation="inline")
+    registry = Registry(registry_url)
+    with registry.engine.begin() as conn:  # the fixture migrated it: back to 0009
+        command.downgrade(_db._alembic_config(conn), "0009")
+    with registry.engine.begin() as conn:  # its first attempt failed transiently
+        conn.execute(
+            sa.text(
+                "INSERT INTO releases (id, target, idempotency_key, fingerprint, plugin_id, "
+                "plugin_version, artifact, context, customer, key_scope, status, attempts, "
+                "retryable, error, token, started_at, finished_at) VALUES ('r0', 't', 'k1', "
+                ":fingerprint, 'echo', '1.0.0', 'a.tgz', :context, 'acme', 'acme', 'failed', "
+                "1, :true, 'ConnectionError: gone', 'x', :at, :at)"
+            ),
+            {
+                "fingerprint": fingerprint("t", "a.tgz", PluginRef("echo", "1.0.0"), config, acme),
+                "context": json.dumps(acme),
+                "true": True,
+                "at": datetime.now(UTC),
+            },
+        )
+    _db.upgrade(registry.engine)
+    registry.close()
+    with Turnout(registry_url) as tt:
+        resumed = tt.release("t", "a.tgz", key="k1", context=acme)
+        fresh = tt.release("t", "a.tgz", key="k2", context=acme)
+    assert (resumed.id, resumed.status, resumed.attempts) == ("r0", Status.SUCCEEDED, 2)
+    assert resumed.plugin_key == "k1"
+    assert fresh.plugin_key.startswith("k2!")
+    assert [(c["key"], c["attempt"]) for c in read_calls(calls_file)] == [
+        ("k1", 2),
+        (fresh.plugin_key, 1),
+    ]
 
 
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:

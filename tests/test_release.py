@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from turnout import (
     UnknownTargetError,
 )
 from turnout.errors import InvalidKeyError, SecretNotFoundError
+from turnout.releases import plugin_key
 
 pytestmark = pytest.mark.usefixtures("plugin_site")
 
@@ -59,10 +61,11 @@ def test_release_succeeds_and_records(tt: Turnout, calls_file: Path) -> None:
     assert record.status is Status.SUCCEEDED
     assert record.attempts == 1
     assert record.plugin_ref == "echo@1.0.0"
+    assert record.plugin_key == plugin_key("build-1", {"customer": "acme"})
     assert record.result == {
         "artifact": "https://ci.example/app.tar.gz",
         "target": "site",
-        "key": "build-1",
+        "key": record.plugin_key,
         "attempt": 1,
         "context": {"customer": "acme"},
         "version": "1.0.0",
@@ -76,7 +79,7 @@ def test_release_succeeds_and_records(tt: Turnout, calls_file: Path) -> None:
     assert stored.finished_at is not None
     assert stored.result == record.result
     assert read_calls(calls_file) == [
-        {"key": "build-1", "attempt": 1, "version": "1.0.0", "target": "site"}
+        {"key": record.plugin_key, "attempt": 1, "version": "1.0.0", "target": "site"}
     ]
 
 
@@ -124,7 +127,15 @@ def test_release_keys_are_scoped_per_customer(tt: Turnout, calls_file: Path) -> 
         "globex": globex.id,
         None: nobody.id,
     }
-    assert [c["key"] for c in read_calls(calls_file)] == ["42", "42", "42"]
+    # The plugin, which recognises a repeat by its key, is told them apart too: otherwise it
+    # would answer globex's release with acme's deploy, recorded as globex's success.
+    keys = [c["key"] for c in read_calls(calls_file)]
+    assert keys == [acme.plugin_key, globex.plugin_key, "42"]
+    assert len(set(keys)) == 3
+    assert re.fullmatch(r"42![0-9a-f]{16}", acme.plugin_key)
+    assert acme.plugin_key == plugin_key("42", {"customer": "acme", "plan": "other"})
+    assert nobody.plugin_key == nobody.idempotency_key == "42"
+    assert "acme" not in acme.plugin_key
 
 
 def test_release_keys_are_scoped_per_target(tt: Turnout, calls_file: Path) -> None:

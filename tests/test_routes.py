@@ -29,6 +29,7 @@ from turnout.errors import ConfigRejectedError, UsageError
 from turnout.models import Release, TargetRevision, utcnow
 from turnout.refs import PluginRef
 from turnout.registry import Registry, changes
+from turnout.releases import PLUGIN_KEY_MARK
 from turnout.routing import bucket
 from turnout.runtime import ACTOR_ENV, Turnout
 from turnout.store import InstallRequest
@@ -38,8 +39,12 @@ V1, V2 = "echo@1.0.0", "echo@2.0.0"
 
 
 def _versions(calls: Path) -> dict[str, str]:
-    """The version the plugin itself says served each key."""
-    return {str(call["key"]): str(call["version"]) for call in read_calls(calls)}
+    """The version the plugin itself says served each key (the caller's key: the plugin is
+    called with it and, for a release with a customer, the customer's digest after a mark)."""
+    return {
+        str(call["key"]).partition(PLUGIN_KEY_MARK)[0]: str(call["version"])
+        for call in read_calls(calls)
+    }
 
 
 class World:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from turnout.releases import plugin_key
 from turnout.store import find_uv
 
 GUIDE = Path(__file__).parents[1] / "docs" / "writing-plugins.md"
@@ -217,11 +218,12 @@ def _expectations(spool: Path, artifact: Path) -> dict[str, deque[Check]]:
 
         return check
 
-    def released(ref: str, key: str, first_line: str) -> Check:
+    def released(ref: str, key: str, first_line: str, customer: str | None = None) -> Check:
         def check(run: Run) -> None:
             fields = _fields(run.stdout)
             assert (fields["plugin"], fields["status"]) == (ref, "succeeded"), run.stdout
-            assert (spool / f"{key}.txt").read_text() == f"{first_line}\n"
+            called_with = plugin_key(key, {"customer": customer} if customer else {})
+            assert (spool / f"{called_with}.txt").read_text() == f"{first_line}\n"
 
         return check
 
@@ -280,10 +282,10 @@ def _expectations(spool: Path, artifact: Path) -> dict[str, deque[Check]]:
             resolves("hello@1.0.0", "target default")
         ],
         "turnout release greetings dist/site.tgz --key build-2 --context customer=acme": [
-            released("hello@2.0.0", "build-2", v2)
+            released("hello@2.0.0", "build-2", v2, "acme")
         ],
         "turnout release greetings dist/site.tgz --key build-3 --context customer=globex": [
-            released("hello@1.0.0", "build-3", v1)
+            released("hello@1.0.0", "build-3", v1, "globex")
         ],
         "turnout releases --target greetings": [releases],
         "turnout stats --by version": [stats],

@@ -26,7 +26,7 @@ from turnout.errors import DatabaseNotMigratedError, RegistryUnavailableError
 DEFAULT_DATABASE_URL = "sqlite:///registry.db"
 DATABASE_URL_ENV = "TURNOUT_DATABASE_URL"
 
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 """The newest migration this code needs; a test keeps it equal to Alembic's head."""
 
 log = logging.getLogger("turnout.db")

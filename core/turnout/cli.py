@@ -1272,6 +1272,8 @@ def _print_release(record: ReleaseRecord, as_json: bool) -> None:
         ("artifact", record.artifact),
         ("context", json.dumps(record.context) if record.context else ""),
     ]
+    if record.plugin_key != record.idempotency_key:
+        rows.append(("plugin's key", f"{record.plugin_key} (the key, made unique per customer)"))
     if record.replay_of:
         rows.append(("replay of", record.replay_of))
     if record.decision:

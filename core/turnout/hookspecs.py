@@ -47,7 +47,9 @@ def turnout_release(
         target: The name of the release target being served.
         config: The target's configuration, secret references already resolved.
         context: Attributes of the request (customer, plan, project, channel, ...).
-        idempotency_key: The caller's key for this release; the same on every attempt.
+        idempotency_key: The release's key, the same on every attempt, and one release per
+            target: the caller's key, with ``!`` and a digest of the customer appended when the
+            release has one (two customers may use the same key on one target).
         attempt: Which call this is for this release, starting at 1.
 
     Returns:

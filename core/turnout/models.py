@@ -147,6 +147,9 @@ class Release(SQLModel, table=True):
     key_scope: str = Field(default="", sa_column_kwargs={"server_default": sa.text("''")})
     """Whose key it is: the customer (``""`` without one). Keys are unique per target and
     scope, so customers who use the same key on one target never meet."""
+    plugin_key: str | None = None
+    """The key the plugin is called with (:func:`turnout.releases.plugin_key`); ``None`` in
+    rows claimed before it was recorded, which were called with ``idempotency_key``."""
     status: str = Field(index=True)
     attempts: int
     result: dict[str, Any] | None = _json(nullable=True)

@@ -249,6 +249,9 @@ class ReleaseRecord:
     attempt_log: list[dict[str, Any]] | None = None
     """One entry per attempt: ``attempt``, ``started_at``, ``duration``, ``outcome`` and, for a
     failed one, ``error_type``, ``error`` (redacted) and ``retryable``."""
+    plugin_key: str = ""
+    """The key the plugin was called with: ``idempotency_key``, made unique per customer when
+    the release has one (:func:`plugin_key`)."""
     reused: bool = False
     """True when this call found the key already released and ran nothing."""
 
@@ -311,6 +314,7 @@ class ReleaseRecord:
             replay_of=row["replay_of"],
             decision=row["decision"],
             attempt_log=row["attempt_log"],
+            plugin_key=row["plugin_key"] or row["idempotency_key"],
             reused=reused,
         )
 
@@ -365,6 +369,13 @@ class Claim:
     def attempts(self) -> int:
         count: int = self.values["attempts"]
         return count
+
+    @property
+    def plugin_key(self) -> str:
+        """The key the plugin is called with (the bare key in rows claimed before it was
+        recorded, which is what they were called with)."""
+        key: str = self.values.get("plugin_key") or self.values["idempotency_key"]
+        return key
 
 
 class Ledger:
@@ -448,6 +459,7 @@ class Ledger:
             "context": context,
             "customer": context.get("customer"),
             "key_scope": key_scope(context),
+            "plugin_key": plugin_key(key, context),
             "status": Status.RUNNING.value,
             "attempts": 1,
             "token": secrets.token_hex(8),
@@ -959,6 +971,27 @@ def _filtered(
 def key_scope(context: Mapping[str, str]) -> str:
     """Whose idempotency key a release's is: its customer's, or nobody's (``""``)."""
     return context.get("customer") or ""
+
+
+PLUGIN_KEY_MARK = "!"
+"""Between the caller's key and its customer's digest in a plugin key: a character no
+idempotency key holds, so a customer's plugin key never equals a key without a customer."""
+
+
+def plugin_key(key: str, context: Mapping[str, str]) -> str:
+    """The key a plugin is called with for the release of ``key`` in ``context``.
+
+    The key itself when the release has no customer; otherwise the key, ``!``, and 16 hex
+    digits of a BLAKE2b digest of the customer (``build-42!3f9c...``). A plugin recognises a
+    repeat by its key (and target): the customer's part keeps two customers who use the same
+    key on one target apart there too, as they are in the registry (RELIABILITY S7), and a
+    digest keeps the customer's name, and any character a destination would refuse, out of it.
+    """
+    scope = key_scope(context)
+    if not scope:
+        return key
+    digest = hashlib.blake2b(scope.encode(), digest_size=8, person=b"turnout-key").hexdigest()
+    return f"{key}{PLUGIN_KEY_MARK}{digest}"
 
 
 def _insert_unless_claimed(dialect: str) -> Any:

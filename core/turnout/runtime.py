@@ -1273,6 +1273,7 @@ class _Attempts:
         self.config = call.config
         self.context = context
         self.key = key
+        self.plugin_key = claim.plugin_key
         self.ref = call.ref
         self.outputs: list[str] = []
         self.attempt_log: list[dict[str, Any]] = list(claim.values.get("attempt_log") or ())
@@ -1293,7 +1294,7 @@ class _Attempts:
                 artifact=self.artifact,
                 target=self.spec.name,
                 config=self.config,
-                idempotency_key=self.key,
+                idempotency_key=self.plugin_key,
                 timeout=self.spec.timeout,
             )
         except Interrupted as exc:  # told to stop while asking: it is still not known
@@ -1343,7 +1344,7 @@ class _Attempts:
                         target=self.spec.name,
                         config=self.config,
                         context=self.context,
-                        idempotency_key=self.key,
+                        idempotency_key=self.plugin_key,
                         attempt=count,
                         timeout=self.spec.timeout,
                     )
