@@ -158,8 +158,8 @@ def test_cli_target_set_show_list_remove(run, tmp_path: Path) -> None:
         (["broken@0.1.0"], 78, "failed to load"),
         (["echo@1.0.0", "--config", "invalid=1"], 78, "rejected the config"),
         (["echo@1.0.0", "--config", "novalue"], 2, "key=value"),
-        (["echo@1.0.0", "--max-attempts", "0"], 2, "at least 1"),
-        (["echo@1.0.0", "--timeout", "-1"], 2, "positive"),
+        (["echo@1.0.0", "--max-attempts", "0"], 2, "from 1 to 100"),
+        (["echo@1.0.0", "--timeout", "-1"], 2, "above 0"),
         (["echo@1.0.0", "--config-file", "/nonexistent/c.json"], 2, "cannot read config file"),
     ],
 )
@@ -373,3 +373,63 @@ def test_cli_empty_listings_say_what_to_do(run) -> None:
     releases = run("releases")
     assert releases.stdout == ""
     assert "no releases recorded" in releases.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("releases", "--since", "nan"), "--since must be a positive duration"),
+        (("releases", "--since", "inf"), "--since reaches back at most 36500d"),
+        (("stats", "--since", "1e400"), "--since reaches back at most 36500d"),
+        (("replay", "--since", "99999999d"), "--since reaches back at most 36500d"),
+        (("stats", "--since", ""), "--since needs a value"),
+        (("releases", "--customer", ""), "--customer needs a value"),
+        (("releases", "--target", " "), "--target needs a value"),
+        (("target", "set", "t", "echo@1.0.0", "--timeout", "inf"), "timeout must be"),
+        (("target", "set", "t", "echo@1.0.0", "--timeout", "nan"), "timeout must be"),
+        (("target", "set", "t", "echo@1.0.0", "--timeout", "1e308"), "at most 86400"),
+        (("target", "set", "t", "echo@1.0.0", "--max-attempts", "9" * 20), "from 1 to 100"),
+        (("target", "set", "", "echo@1.0.0"), "a non-empty printable name"),
+        (("release", "site", "a.tgz", "--key", "k", "--context", "customer="), "non-empty"),
+        (("release", "site", "a.tgz", "--key", "k", "--context", "customer= x"), "surrounding"),
+        (("release", "site", "a.tgz", "--key", "k", "--context", "plan=a\x1bb"), "printable"),
+        (("reconcile", "r1", "--as", "failed", "--target", "site"), "not with a RELEASE_ID"),
+    ],
+)
+def test_cli_bad_values_are_usage_errors_and_change_nothing(
+    run, args: tuple[str, ...], said: str, calls_file: Path
+) -> None:
+    # Not a traceback (exit 1, "failed permanently"), not a config error blamed on the plugin,
+    # not a retryable 75: exit 2 with what a good value looks like, before anything is written.
+    run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
+    before = run("history", "site", "--json").stdout
+    result = run(*args)
+    assert (result.exit_code, said in result.stderr) == (2, True), result.stderr
+    assert run("history", "site", "--json").stdout == before
+    assert run("target", "list", "--json").stdout.count('"name"') == 1
+    assert read_calls(calls_file) == []
+
+
+def test_cli_history_of_a_target_that_never_was_is_unknown(run) -> None:
+    result = run("history", "nowhere")
+    assert result.exit_code == 78
+    assert "unknown target 'nowhere'" in result.stderr
+
+
+def test_cli_tables_print_terminal_escapes_as_text(run) -> None:
+    # A reason (or any recorded text) holding an escape sequence does not recolour, move or
+    # clear the operator's terminal: tables print it escaped, as log lines do (S9).
+    run("target", "set", "site", "echo@1.0.0", "--reason", "evil\x1b[31m red\x07")
+    shown = run("history", "site").stdout
+    assert "\x1b" not in shown
+    assert "\x07" not in shown
+    assert "evil\\x1b[31m red\\x07" in shown
+
+
+def test_cli_stats_by_the_same_dimension_twice_groups_once(run, calls_file: Path) -> None:
+    run("target", "set", "site", "echo@1.0.0", "--config", f"calls={calls_file}")
+    run("release", "site", "a.tgz", "--key", "k1")
+    once = json.loads(run("stats", "--by", "version", "--json").stdout)
+    twice = json.loads(run("stats", "--by", "version,version", "--by", "version", "--json").stdout)
+    assert twice == once
+    assert twice["by"] == ["version"]

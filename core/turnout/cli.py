@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from turnout import __version__, _settings, views
+from turnout import __version__, _secrets, _settings, views
 from turnout.errors import (
     EXIT_CONFIG,
     EXIT_DATAERR,
@@ -29,6 +29,7 @@ from turnout.errors import (
     ConfigurationError,
     Interrupted,
     TurnoutError,
+    UnknownTargetError,
     UsageError,
 )
 
@@ -174,11 +175,17 @@ def _print_table(title: str | None, columns: Sequence[str], rows: Iterable[Seque
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        # Text, not markup: a "[red]" in a plugin's error message is printed as written.
-        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
+        # Text, not markup: a "[red]" in a plugin's error message is printed as written, and
+        # a terminal escape in a context value or a reason as the text \x1b (RELIABILITY S9).
+        table.add_row(*(Text(_cell(cell)) for cell in row))
     # A pipe gets whole rows (a table is as wide as its content); a terminal gets its width.
     width = None if sys.stdout.isatty() else 10_000
     Console(soft_wrap=False, width=width).print(table)
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text if text.isprintable() else _secrets.escape(text)
 
 
 def _handle(ctx: click.Context) -> Turnout:
@@ -566,7 +573,7 @@ def history_command(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show every revision of a target, oldest first: who, when, why, and what changed."""
     rows = views.history(_handle(ctx).registry, name)
     if not rows:
-        raise UsageError(f"target {name!r} has no history; list targets with: turnout target list")
+        raise UnknownTargetError(name)
     if as_json:
         _print_json(rows)
         return
@@ -1304,13 +1311,11 @@ def _print_release(record: ReleaseRecord, as_json: bool) -> None:
             ],
         )
     if record.output:
-        from turnout._secrets import escape
-
         lines = record.output.splitlines()
         shown = lines[-OUTPUT_LINES:]
         click.echo(f"plugin output (last {len(shown)} of {len(lines)} stored lines):")
         for line in shown:
-            click.echo("  " + escape(line))
+            click.echo("  " + _secrets.escape(line))
 
 
 OUTPUT_LINES = 40
@@ -1401,6 +1406,10 @@ def _with_filters(command: Callable[..., Any], default_since: str | None) -> Cal
         customer: str | None,
         **kwargs: Any,
     ) -> Any:
+        given = {"--since": since, "--target": target_name, "--plugin": plugin_ref}
+        for option, value in {**given, "--customer": customer}.items():
+            if value is not None and not value.strip():
+                raise UsageError(f"{option} needs a value; leave the option out for no filter")
         filters = views.release_filters(
             since=since, target=target_name, plugin=plugin_ref, customer=customer
         )
@@ -1649,6 +1658,8 @@ def reconcile_command(
     if release_id is not None:
         if verdict is None:
             raise UsageError("with a RELEASE_ID, say what happened: --as succeeded or --as failed")
+        if target_name is not None:
+            raise UsageError("--target narrows a reconcile of every release; not with a RELEASE_ID")
         record = handle.settle(release_id, verdict, actor=actor, reason=reason)
         if as_json:
             _print_json(record.to_dict())

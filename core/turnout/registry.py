@@ -28,6 +28,10 @@ ENVIRONMENT_SOURCE = "environment"
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT = 60.0
+MAX_ATTEMPTS_LIMIT = 100
+"""The most attempts a target may allow one release."""
+TIMEOUT_LIMIT = 86400.0
+"""The longest deadline of one attempt, in seconds (a day)."""
 DEFAULT_ISOLATION = "process"
 ISOLATIONS = ("process", "inline")
 

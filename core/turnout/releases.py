@@ -154,13 +154,20 @@ def validate_key(key: str) -> str:
 
 
 def validate_context(context: Mapping[str, str] | None) -> dict[str, str]:
-    """Check release context attributes: identifier-like names, string values."""
+    """Check release context attributes: identifier-like names; values as route selectors
+    have them (non-empty, printable, at most 200 characters, no surrounding spaces)."""
     checked: dict[str, str] = {}
     for name, value in (context or {}).items():
         if not isinstance(name, str) or not _CONTEXT_KEY.match(name):
             raise UsageError(f"invalid context attribute name {name!r}")
         if not isinstance(value, str):
             raise UsageError(f"context attribute {name!r} must be a string")
+        if not value or len(value) > 200 or not value.isprintable() or value.strip() != value:
+            raise UsageError(
+                f"invalid value for context attribute {name!r}: a non-empty printable string "
+                "of at most 200 characters, without surrounding spaces (leave an attribute out "
+                "rather than empty)"
+            )
         checked[name] = value
     return checked
 

@@ -49,6 +49,8 @@ from turnout.registry import (
     DEFAULT_TIMEOUT,
     ENVIRONMENT_SOURCE,
     ISOLATIONS,
+    MAX_ATTEMPTS_LIMIT,
+    TIMEOUT_LIMIT,
     Registry,
     TargetChange,
     TargetSpec,
@@ -628,14 +630,19 @@ class Turnout:
         Takes the keyword arguments of :meth:`edit_target`.
         """
         ref = plugin if isinstance(plugin, PluginRef) else PluginRef.parse(plugin)
-        if max_attempts is not None and max_attempts < 1:
-            raise UsageError("max attempts must be at least 1")
-        if timeout is not None and timeout <= 0:
-            raise UsageError("timeout must be a positive number of seconds")
+        if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise UsageError(f"max attempts must be from 1 to {MAX_ATTEMPTS_LIMIT}")
+        if timeout is not None and not 0 < timeout <= TIMEOUT_LIMIT:  # NaN and inf too
+            raise UsageError(
+                f"timeout must be a number of seconds above 0 and at most {TIMEOUT_LIMIT:g} (a day)"
+            )
         if isolation is not None and isolation not in ISOLATIONS:
             raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}")
         if not name or len(name) > 200 or not name.isprintable() or name.strip() != name:
-            raise UsageError(f"invalid target name {name!r}")
+            raise UsageError(
+                f"invalid target name {name!r}: a non-empty printable name of at most 200 "
+                "characters, without surrounding spaces"
+            )
 
         def change(current: TargetSpec | None) -> TargetSpec:
             return TargetSpec(

@@ -100,7 +100,7 @@ def dimensions(values: Sequence[str]) -> list[str]:
     """
     by = [name.strip() for value in values or ("version",) for name in value.split(",")]
     check_dimensions(by)
-    return by
+    return list(dict.fromkeys(by))  # "--by version --by version" groups by version once
 
 
 def check_dimensions(by: Sequence[str]) -> None:

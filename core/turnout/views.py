@@ -88,6 +88,11 @@ def stats(by: Sequence[str], groups: Sequence[GroupStats], total: GroupStats) ->
 # For people: the CLI's tables and the web pages --------------------------------------------
 
 
+LONGEST_WINDOW_DAYS = 36500
+"""The longest duration a window may reach back (a hundred years: all of a registry)."""
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def duration(text: str, option: str = "--since") -> timedelta:
     """``90s``, ``20m``, ``1h``, ``2d`` (or a bare number of minutes) as a timedelta."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -98,8 +103,11 @@ def duration(text: str, option: str = "--since") -> timedelta:
         raise UsageError(
             f"{option} expects a duration such as 20m, 1h or 90s, got {text!r}"
         ) from None
-    if amount <= 0:
-        raise UsageError(f"{option} must be positive")
+    if not amount > 0:  # NaN too
+        raise UsageError(f"{option} must be a positive duration such as 20m, 1h or 90s")
+    window = timedelta(days=LONGEST_WINDOW_DAYS)
+    if amount * SECONDS[unit] > window.total_seconds():
+        raise UsageError(f"{option} reaches back at most {LONGEST_WINDOW_DAYS}d, got {text!r}")
     return timedelta(**{units[unit]: amount})
 
 
