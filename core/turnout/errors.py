@@ -13,6 +13,7 @@ facts as attributes and maps to exactly one CLI exit code (``exit_code``)::
     │   ├── PluginLoadError (ImportError)            78  the plugin's code failed to import
     │   ├── ConfigRejectedError (ValueError)         78  the plugin refused the config
     │   ├── SecretNotFoundError (LookupError)        78  an `env:` / `file:` reference failed
+    │   ├── RelativeArtifactError                    78  a replay of a relative path
     │   └── DatabaseNotMigratedError                 78
     ├── RegistryUnavailableError (ConnectionError)   75  the database cannot be reached
     ├── PluginInstallError                            1  an install into the store failed
@@ -99,6 +100,20 @@ class ConfigurationError(TurnoutError):
 
     exit_code = EXIT_CONFIG
     plugin_ref: str | None = None
+
+
+class RelativeArtifactError(ConfigurationError):
+    """A release recorded its artifact as a relative path (before paths were recorded
+    absolute): from another folder the same name could be another file."""
+
+    def __init__(self, release_id: str, artifact: str) -> None:
+        self.release_id = release_id
+        self.artifact = artifact
+        super().__init__(
+            f"release {release_id} recorded its artifact as the relative path {artifact!r}, "
+            "which could name another file from here; release it again with turnout release "
+            "and the artifact's absolute path"
+        )
 
 
 class UnknownTargetError(ConfigurationError, LookupError):

@@ -35,6 +35,7 @@ from turnout.errors import (
     PluginInstallError,
     PluginNotInstalledError,
     RegistryUnavailableError,
+    RelativeArtifactError,
     StaleRevisionError,
     TurnoutError,
     UnknownTargetError,
@@ -231,6 +232,10 @@ class Turnout:
         key = validate_key(key)
         if not isinstance(artifact, str) or not artifact:
             raise UsageError("artifact must be a non-empty path or URL")
+        as_given = artifact
+        # A path is recorded absolute: a replay or a reconciliation run from another folder
+        # must find the same file, not one of the same name there.
+        artifact = artifact if "://" in artifact else os.path.abspath(artifact)
         ctx = validate_context(context)
         record: ReleaseRecord | None = None
         refused: ConfigurationError | None = None
@@ -238,7 +243,12 @@ class Turnout:
         try:
             with observed.release_span(target, key, ctx) as span:
                 try:
-                    record = self._release(target, artifact, key, ctx, replay_of)
+                    try:
+                        record = self._release(target, artifact, key, ctx, replay_of)
+                    except KeyMismatchError as mismatch:
+                        if not self._recorded_as_given(mismatch, as_given):
+                            raise
+                        record = self._release(target, as_given, key, ctx, replay_of)
                 except TurnoutError as exc:
                     record = _record_of(exc)
                     if record is None and isinstance(exc, ConfigurationError):
@@ -254,6 +264,16 @@ class Turnout:
                 observed.count(record)
             elif refused is not None:  # the setup is wrong here: worth an alert
                 observed.count_refused(target, refused.plugin_ref or "")
+
+    def _recorded_as_given(self, mismatch: KeyMismatchError, as_given: str) -> bool:
+        """Whether the key's release recorded the artifact as the relative path ``as_given``
+        (claimed before paths were recorded absolute): it goes on as recorded, so that an
+        upgrade does not turn a release under way, or one left to reconcile, into a mismatch.
+        """
+        if mismatch.differs != ["artifact"] or "://" in as_given or os.path.isabs(as_given):
+            return False
+        earlier = self.ledger.get(mismatch.release_id)
+        return earlier is not None and earlier.artifact == as_given
 
     def _release(
         self,
@@ -584,8 +604,10 @@ class Turnout:
             self._routing.pop(target, None)  # the mapping in force now, read once per target
         for original in originals:
             try:
+                if "://" not in original.artifact and not os.path.isabs(original.artifact):
+                    raise RelativeArtifactError(original.id, original.artifact)
                 router = self._router(original.target)
-            except UnknownTargetError as exc:
+            except (UnknownTargetError, RelativeArtifactError) as exc:
                 item = Replay(original, None, None, None, exc)
             else:
                 key = f"replay.{original.id}.r{router.spec.revision}"
@@ -1274,8 +1296,8 @@ class _Attempts:
         self.spec = call.spec
         self.releaser = call.releaser
         self.secrets = call.secrets
-        # A worker runs in a private folder: a relative path means the caller's folder. The
-        # record keeps the artifact as the caller wrote it (its fingerprint does too).
+        # A worker runs in a private folder: a path is the caller's (Turnout.release makes it
+        # absolute; a release recorded before may hold a relative one).
         self.artifact = artifact if "://" in artifact else os.path.abspath(artifact)
         self.config = call.config
         self.context = context
