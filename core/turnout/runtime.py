@@ -1298,7 +1298,8 @@ class _Attempts:
         self.secrets = call.secrets
         # A worker runs in a private folder: a path is the caller's (Turnout.release makes it
         # absolute; a release recorded before may hold a relative one).
-        self.artifact = artifact if "://" in artifact else os.path.abspath(artifact)
+        relative = "://" not in artifact and not os.path.isabs(artifact)
+        self.artifact = os.path.abspath(artifact) if relative else artifact
         self.config = call.config
         self.context = context
         self.key = key
