@@ -201,3 +201,40 @@ def test_sync_request_repeats_the_recorded_requirement(tmp_path: Path) -> None:
     lock.write_text("turnout-echo==1.0.0 --hash=sha256:00\n")
     locked = _sync_request(f"-r {lock}", [], None)
     assert (locked.spec, locked.requirements, locked.require_hashes) == (None, lock, True)
+
+
+def test_sync_installs_a_version_installed_from_a_relative_path_from_any_folder(
+    db_path: Path, tmp_path: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "turnout plugin install ./dist/x.whl" records where the wheel is, not "./dist/x.whl":
+    # machine B syncs from its own folder (and a tool's cwd is rarely the installer's).
+    wheel = next(wheelhouse.glob("turnout_plain-0.1.0-*.whl"))
+    monkeypatch.chdir(wheelhouse.parent)
+    relative = f"./{wheelhouse.name}/{wheel.name}"
+    with Turnout(str(db_path), home=tmp_path / "machine-a") as a:
+        request = InstallRequest(spec=relative, find_links=[wheelhouse.name], no_index=True)
+        (outcome,) = a.install_plugin(request)
+        a.set_target("site", "plain@0.1.0")
+        (row,) = a.registry.plugin_versions("store")
+    assert row.requirement == str(wheel)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    fleet = Fleet(db_path, tmp_path / "machine-a", tmp_path / "machine-b", wheelhouse, {})
+    synced = fleet.sync("--find-links", str(wheelhouse), "--json")
+    assert synced.exit_code == 0, synced.stderr
+    assert _rows(synced)["plain@0.1.0"]["status"] == "installed"
+    assert _envs(fleet.home_b) == {outcome.digest}
+
+
+def test_sync_that_fails_does_not_say_everything_is_here(
+    db_path: Path, tmp_path: Path, wheelhouse: Path
+) -> None:
+    with Turnout(str(db_path), home=tmp_path / "machine-a") as a:
+        _install(a, "turnout-plain==0.1.0", wheelhouse)
+        a.set_target("site", "plain@0.1.0")
+    fleet = Fleet(db_path, tmp_path / "machine-a", tmp_path / "machine-b", wheelhouse, {})
+    failed = fleet.sync("--find-links", str(tmp_path / "no-such-wheelhouse"))  # nothing to find
+    assert failed.exit_code == 1, failed.stderr
+    assert "failed" in failed.stdout
+    assert "nothing to install" not in failed.stderr + failed.stdout

@@ -1173,7 +1173,8 @@ def plugin_sync(
             ],
         )
         installed = sum(r.status == "installed" for r in results)
-        if not check and installed == 0:
+        here = all(r.status in ("present", "environment") for r in results)
+        if not check and installed == 0 and here:
             _say("nothing to install: every referenced store version is already here")
         elif not check:
             _say(f"{installed} plugin version(s) installed")

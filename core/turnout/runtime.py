@@ -934,6 +934,7 @@ class Turnout:
         Raises:
             PluginInstallError: The install failed or conflicts with the store; nothing changed.
         """
+        request = request.absolute()
         already = self._already_installed(request)
         if already:
             return already

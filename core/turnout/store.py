@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -79,6 +79,10 @@ class Installed:
     created: bool = field(default=True)
 
 
+ARCHIVES = (".whl", ".tar.gz", ".zip")
+"""Endings of a spec that names a local distribution file."""
+
+
 @dataclass(frozen=True, slots=True)
 class InstallRequest:
     """What to install and from where.
@@ -99,6 +103,23 @@ class InstallRequest:
         if self.requirements is not None:
             parts.append(f"-r {self.requirements}")
         return " ".join(parts)
+
+    def absolute(self) -> InstallRequest:
+        """This request with its local paths made absolute against the current folder (a
+        spec that is a path, the lock file, ``find_links`` folders), so that what is recorded
+        installs the same from any folder (``turnout plugin sync``)."""
+
+        def path(value: str) -> str:
+            looks_like_path = value.startswith(".") or os.sep in value or value.endswith(ARCHIVES)
+            local = "://" not in value and looks_like_path and os.path.exists(value)
+            return os.path.abspath(value) if local else value
+
+        return replace(
+            self,
+            spec=path(self.spec) if self.spec else self.spec,
+            find_links=[path(link) for link in self.find_links],
+            requirements=self.requirements.absolute() if self.requirements else None,
+        )
 
 
 class Store:
