@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("plugin_site")
 def run(db_path: Path) -> object:
     runner = CliRunner()
 
-    def invoke(*args: str, db: Path | None = db_path, env: dict[str, str] | None = None) -> Result:
+    def invoke(
+        *args: str, db: Path | str | None = db_path, env: dict[str, str] | None = None
+    ) -> Result:
         prefix = ["--db", str(db)] if db is not None else []
         return runner.invoke(cli, [*prefix, *args], env=env, catch_exceptions=False)
 
@@ -87,9 +89,14 @@ def test_cli_db_upgrade_creates_and_reports(run, tmp_path: Path) -> None:
 
 
 def test_cli_not_migrated_database_exits_78(run, tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()
     result = run("target", "list", db=tmp_path / "empty.db")
     assert result.exit_code == 78
     assert "turnout db upgrade" in result.stderr
+    missing = run("target", "list", db=tmp_path / "missing.db")
+    assert missing.exit_code == 78
+    assert "db upgrade" in missing.stderr
+    assert not (tmp_path / "missing.db").exists()
 
 
 def test_cli_db_from_environment_variable(run, db_path: Path) -> None:
@@ -336,10 +343,16 @@ def test_cli_release_in_progress_exits_75(run, db_path: Path, calls_file: Path) 
 
 
 def test_cli_database_unreachable_exits_75(run, tmp_path: Path) -> None:
-    result = run("target", "list", db=tmp_path)  # a directory is no database
+    result = run("target", "list", db="postgresql://turnout@127.0.0.1:1/nowhere")
     assert result.exit_code == 75
     assert "unavailable" in result.stderr
     assert "Traceback" not in result.stderr
+    folder = run("target", "list", db=tmp_path)  # retrying a folder never helps: 78
+    assert folder.exit_code == 78
+    assert "it is a folder" in folder.stderr
+    other = run("target", "list", db="mysql://u@h/db")
+    assert other.exit_code == 2
+    assert "SQLite or PostgreSQL" in other.stderr
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from turnout.errors import (
     InvalidPluginRefError,
     PluginLoadError,
     PluginNotInstalledError,
+    RegistryNotFoundError,
     RegistryUnavailableError,
     UnknownTargetError,
+    UsageError,
 )
 from turnout.refs import PluginRef
 from turnout.registry import Registry
@@ -247,6 +250,7 @@ def test_db_url_accepts_a_path_or_a_url(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_db_not_migrated_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()  # an empty file is an empty SQLite database
     registry = Registry(str(tmp_path / "empty.db"))
     with pytest.raises(DatabaseNotMigratedError) as raised:
         registry.list_targets()
@@ -255,15 +259,45 @@ def test_db_not_migrated_is_refused(tmp_path: Path) -> None:
     registry.close()
 
 
-def test_db_unreachable_is_translated(tmp_path: Path) -> None:
-    folder = tmp_path / "a-directory"
-    folder.mkdir()
-    registry = Registry(str(folder))
+def test_db_unreachable_is_translated() -> None:
+    registry = Registry("postgresql://turnout@127.0.0.1:1/nowhere")  # nothing listens there
     with pytest.raises(RegistryUnavailableError) as raised:
         registry.list_targets()
     assert raised.value.exit_code == 75
     assert isinstance(raised.value.__cause__, sa.exc.OperationalError)
     registry.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda path: None, "no such file; create it with: turnout --db"),
+        (lambda path: path.mkdir(), "it is a folder"),
+        (lambda path: path.write_bytes(b"not sqlite at all " * 64), "not a SQLite database"),
+    ],
+    ids=["missing", "folder", "not-sqlite"],
+)
+def test_db_path_that_holds_no_registry_is_a_configuration_error(
+    tmp_path: Path, make: Callable[[Path], None], said: str
+) -> None:
+    # Not "unavailable, retry later" (75): retrying never helps. And a command that only uses
+    # the registry creates no empty file on the way.
+    path = tmp_path / "registry.db"
+    make(path)
+    before = sorted(tmp_path.iterdir())
+    registry = Registry(str(path))
+    with pytest.raises(RegistryNotFoundError) as raised:
+        registry.list_targets()
+    registry.close()
+    assert raised.value.exit_code == 78
+    assert said in str(raised.value)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("url", ["bogus://x", "mysql://u@h/db", "postgresql://:x:y"])
+def test_db_url_of_another_kind_is_a_usage_error(url: str) -> None:
+    with pytest.raises(UsageError, match="SQLite file path, sqlite:///PATH or postgresql://"):
+        Registry(url)
 
 
 def test_db_postgres_password_never_in_messages() -> None:
@@ -406,7 +440,7 @@ def test_target_history_cli_shows_each_revision_and_its_changes(tt: Turnout, db_
     table = CliRunner().invoke(cli, ["--db", str(db_path), "history", "site"])
     assert "config.a: 1 -> 2" in table.stdout
     missing = CliRunner().invoke(cli, ["--db", str(db_path), "history", "nowhere"])
-    assert missing.exit_code == 2
+    assert missing.exit_code == 78  # an unknown target, as everywhere
 
 
 def test_rollback_writes_a_new_revision_copying_an_earlier_one(tt: Turnout, db_path: Path) -> None:

@@ -153,6 +153,7 @@ def test_store_install_into_a_registry_not_migrated_installs_nothing(
 ) -> None:
     # The registry is checked while the installer runs: its refusal stops the installer.
     request = _request(_echo_wheel(wheelhouse, "1.0.0"), wheelhouse)
+    (tmp_path / "empty.db").touch()
     with (
         Turnout(str(tmp_path / "empty.db"), home=home) as handle,
         pytest.raises(DatabaseNotMigratedError, match="turnout db upgrade"),

@@ -21,7 +21,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from turnout import _settings
-from turnout.errors import DatabaseNotMigratedError, RegistryUnavailableError
+from turnout.errors import (
+    DatabaseNotMigratedError,
+    RegistryNotFoundError,
+    RegistryUnavailableError,
+    UsageError,
+)
 
 DEFAULT_DATABASE_URL = "sqlite:///registry.db"
 DATABASE_URL_ENV = "TURNOUT_DATABASE_URL"
@@ -51,10 +56,18 @@ def database_url(value: str | None = None) -> URL:
     text = value or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
     if "://" not in text:
         return URL.create("sqlite", database=str(Path(text).expanduser()))
-    url = make_url(text)
+    try:
+        url = make_url(text)
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise UsageError(f"cannot read the database URL {text!r}; {_URLS}") from None
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise UsageError(f"turnout keeps its registry in SQLite or PostgreSQL; {_URLS}")
     return url
+
+
+_URLS = "give a SQLite file path, sqlite:///PATH or postgresql://USER@HOST/DATABASE"
 
 
 def display_url(url: URL) -> str:
@@ -159,6 +172,10 @@ def translate_errors(url: URL) -> Iterator[None]:
         ) from exc
     except sa.exc.DBAPIError as exc:
         message = str(exc.orig).strip()
+        if "file is not a database" in message:
+            raise RegistryNotFoundError(
+                display_url(url), "the file is not a SQLite database; point --db at the registry"
+            ) from exc
         raise RegistryUnavailableError(
             f"registry {display_url(url)} failed: {message}{_hint(message)}"
         ) from exc
@@ -191,6 +208,17 @@ def reader(engine: Engine) -> Iterator[Connection]:
         yield conn.execution_options(**READ_ONLY)
 
 
+_A_FOLDER = "it is a folder; point --db at the registry's file in it (e.g. registry.db)"
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite registry given by path (not ``:memory:`` or a ``file:`` URI)."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else Path(database)
+
+
 def current_revision(conn: Connection) -> str | None:
     """The Alembic revision the database is at, or ``None`` when it was never migrated."""
     if not sa.inspect(conn).has_table("alembic_version"):
@@ -202,8 +230,18 @@ def check_schema(engine: Engine) -> None:
     """Refuse to work on a database that is not at :data:`SCHEMA_HEAD`.
 
     Raises:
+        RegistryNotFoundError: A SQLite path holds no registry (it is not created here).
         DatabaseNotMigratedError: The database lags (or is ahead of) the code.
     """
+    path = _sqlite_file(engine.url)
+    if path is not None and not path.is_file():
+        # Connecting would create an empty file, and the next command would find it.
+        raise RegistryNotFoundError(
+            str(path),
+            _A_FOLDER
+            if path.is_dir()
+            else f"no such file; create it with: turnout --db {path} db upgrade",
+        )
     with reader(engine) as conn:
         current = current_revision(conn)
     if current != SCHEMA_HEAD:
@@ -223,12 +261,11 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     """Apply the migrations shipped in the package; return the revisions before and after."""
     from alembic import command
 
-    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (
-        None,
-        "",
-        ":memory:",
-    ):
-        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_file(engine.url)
+    if path is not None:
+        if path.is_dir():
+            raise RegistryNotFoundError(str(path), _A_FOLDER)
+        path.parent.mkdir(parents=True, exist_ok=True)
     with translate_errors(engine.url), engine.begin() as conn:
         before = current_revision(conn)
         command.upgrade(_alembic_config(conn), revision)

@@ -14,6 +14,7 @@ facts as attributes and maps to exactly one CLI exit code (``exit_code``)::
     │   ├── ConfigRejectedError (ValueError)         78  the plugin refused the config
     │   ├── SecretNotFoundError (LookupError)        78  an `env:` / `file:` reference failed
     │   ├── RelativeArtifactError                    78  a replay of a relative path
+    │   ├── RegistryNotFoundError (LookupError)      78  no SQLite registry at that path
     │   └── DatabaseNotMigratedError                 78
     ├── RegistryUnavailableError (ConnectionError)   75  the database cannot be reached
     ├── PluginInstallError                            1  an install into the store failed
@@ -176,6 +177,15 @@ class DatabaseNotMigratedError(ConfigurationError):
         super().__init__(
             f"registry {url} is {at}, this turnout needs {head}; run: turnout db upgrade"
         )
+
+
+class RegistryNotFoundError(ConfigurationError, LookupError):
+    """A SQLite registry path holds no registry: no such file (a command that only uses the
+    registry never creates one), a folder, or a file that is not a SQLite database."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        super().__init__(f"no registry at {path}: {what}")
 
 
 class RegistryUnavailableError(TurnoutError, ConnectionError):
