@@ -446,3 +446,12 @@ def test_cli_stats_by_the_same_dimension_twice_groups_once(run, calls_file: Path
     twice = json.loads(run("stats", "--by", "version,version", "--by", "version", "--json").stdout)
     assert twice == once
     assert twice["by"] == ["version"]
+
+
+def test_cli_config_file_with_a_value_json_cannot_carry_is_refused(run, tmp_path: Path) -> None:
+    toml = tmp_path / "config.toml"
+    toml.write_text("keep = 1979-05-27T07:32:00Z\n")
+    result = run("target", "set", "site", "echo@1.0.0", "--config-file", str(toml))
+    assert result.exit_code == 2
+    assert "quote a TOML date or time" in result.stderr
+    assert run("target", "list", "--json").stdout.strip() == "[]"

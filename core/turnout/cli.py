@@ -359,6 +359,13 @@ def _parse_config(pairs: Sequence[str], config_file: Path | None) -> dict[str, A
             raise UsageError(f"cannot read config file {config_file}: {exc}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"config file {config_file} must hold an object/table")
+        try:
+            json.dumps(loaded)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"config file {config_file} holds a value JSON cannot carry ({exc}); use "
+                "strings, numbers, booleans, lists and tables (quote a TOML date or time)"
+            ) from None
         config.update(loaded)
     for pair in pairs:
         key, eq, raw = pair.partition("=")
@@ -385,7 +392,8 @@ def target() -> None:
     multiple=True,
     metavar="KEY=VALUE",
     help="A config value (repeatable). VALUE is read as JSON when it parses (3, true, "
-    '["a"]), else as a string. Secrets as references: env:NAME or file:/path.',
+    '["a"]), else as a string. Secrets as references: env:NAME or file:/path. Given, '
+    "--config and --config-file replace the target's whole config: give every value.",
 )
 @click.option(
     "--config-file",
@@ -425,7 +433,14 @@ def target_set(
     """Create target NAME or point its default at PLUGIN@VERSION (an exact pin: directory@1.0.0).
 
     Refused, with the target left as it was, when the version is not installed or the plugin
-    rejects the config. Options not given keep the target's current values; routes stay.
+    rejects the config. Options not given keep the target's current values; routes stay. The
+    config is one value: --config and --config-file replace it whole.
+
+    \b
+    Examples:
+      turnout target set docs directory@1.0.0 --config root=/srv/www --config keep=5
+      turnout target set hooks webhook@2.0.1 --config-file hooks.toml --timeout 30
+      turnout target set docs directory@1.1.0 --dry-run     # who would move, nothing written
     """
     change = _handle(ctx).set_target(
         name,
