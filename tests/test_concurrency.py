@@ -628,6 +628,8 @@ def test_f10_sigterm_lets_a_release_finish_in_its_grace_else_records_it_unknown(
         assert time.monotonic() - started < 0.5 + 2 * worker_grace() + 5
         err = (tmp_path / "slow.err").read_text()
         assert "interrupted: stopped by SIGTERM after its grace period of 0.5 s" in err
+        left = json.loads((tmp_path / "slow.out").read_text())  # --json: the record as left
+        assert (left["status"], left["idempotency_key"]) == ("unknown", "s1")
     finally:
         for job in (quick, slow):
             signal_group(job)

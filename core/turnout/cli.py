@@ -1390,11 +1390,19 @@ def release_command(
     from turnout.errors import ReleaseFailedError
 
     handle = _handle(ctx)
+    context = _parse_context(pairs)
     try:
         with _finish_on_sigterm():
-            record = handle.release(target_name, artifact, key=key, context=_parse_context(pairs))
+            record = handle.release(target_name, artifact, key=key, context=context)
     except ReleaseFailedError as exc:
         _print_release(exc.release, as_json)
+        raise
+    except Interrupted:
+        # A script reading --json gets the record as it was left (unknown), as it would
+        # for any other outcome; the message goes to stderr as usual.
+        left = handle.ledger.find(target_name, key, context.get("customer")) if as_json else None
+        if left is not None:
+            _print_release(left, as_json)
         raise
     if record.reused:
         _say(f"key {key!r} was released before (release {record.id}); nothing ran")
