@@ -455,3 +455,19 @@ def test_cli_config_file_with_a_value_json_cannot_carry_is_refused(run, tmp_path
     assert result.exit_code == 2
     assert "quote a TOML date or time" in result.stderr
     assert run("target", "list", "--json").stdout.strip() == "[]"
+
+
+def test_cli_route_messages_name_the_target_and_plan_usage_names_the_command(run) -> None:
+    run("target", "set", "site", "echo@1.0.0")
+    run("route", "add", "site", "--customer", "acme", "--to", "echo@1.0.0")
+    clash = run(
+        "route", "add", "site", "--customer", "acme", "--customer", "globex", "--to", "echo@1.0.0"
+    )
+    assert clash.exit_code == 2
+    assert "remove it first: turnout route remove site r1" in clash.stderr
+    missing = run("route", "remove", "site", "--plan", "pro")
+    assert "see: turnout route list site" in missing.stderr
+    planned = run("plan", "route", "add", "site", "--bogus")
+    assert planned.exit_code == 2
+    assert "Usage: turnout route add" in planned.stderr
+    assert "turnout turnout" not in planned.stderr

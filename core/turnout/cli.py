@@ -813,8 +813,8 @@ def route_remove(
     asked = (route_id is not None) + (attribute is not None) + the_split
     if asked != 1 or len(values) > 1:
         raise UsageError(
-            "name one route: its id (turnout route list TARGET), one selector value such as "
-            "--customer acme, or --split"
+            f"name one route: its id (turnout route list {target_name}), one selector value "
+            "such as --customer acme, or --split"
         )
     change = _handle(ctx).remove_route(
         target_name,
@@ -929,7 +929,9 @@ def plan_command(ctx: click.Context, command: tuple[str, ...]) -> None:
     if root.params.get("db"):
         options += ["--db", root.params["db"]]
     args = [*options, *command, "--dry-run"]
-    sub_ctx = cli.make_context("turnout", args, parent=root, obj=root.obj)
+    # Its own root (the handle is shared through obj): under this context as a parent, its
+    # usage errors would read "turnout turnout route add".
+    sub_ctx = cli.make_context("turnout", args, obj=root.obj)
     with sub_ctx:
         cli.invoke(sub_ctx)
 

@@ -477,6 +477,7 @@ def with_route(
     weights: Sequence[tuple[PluginRef, float]] | None = None,
     key: str = DEFAULT_SPLIT_KEY,
     salt: str | None = None,
+    target: str = "TARGET",
 ) -> tuple[Route, ...]:
     """``routes`` with a route for this selector added, or the same selector's route changed.
 
@@ -500,7 +501,7 @@ def with_route(
             if overlap:
                 raise UsageError(
                     f"{selector} {', '.join(overlap)} is already routed by {route.id} "
-                    f"({route.describe()}); remove it first: turnout route remove TARGET "
+                    f"({route.describe()}); remove it first: turnout route remove {target} "
                     f"{route.id}"
                 )
     split = None
@@ -531,7 +532,9 @@ def without_route(routes: Sequence[Route], route_id: str) -> tuple[Route, ...]:
     return tuple(r for r in routes if r.id != route_id)
 
 
-def find_route(routes: Sequence[Route], selector: str | None, value: str | None) -> Route:
+def find_route(
+    routes: Sequence[Route], selector: str | None, value: str | None, target: str = "TARGET"
+) -> Route:
     """The route whose selector matches ``selector=value`` (or the split on everyone).
 
     Raises:
@@ -541,7 +544,7 @@ def find_route(routes: Sequence[Route], selector: str | None, value: str | None)
         if route.selector == selector and (selector is None or value in route.values):
             return route
     what = "split on everyone" if selector is None else f"route for {selector} {value!r}"
-    raise UsageError(f"there is no {what}; see: turnout route list TARGET")
+    raise UsageError(f"there is no {what}; see: turnout route list {target}")
 
 
 # Blast radius ------------------------------------------------------------------------------

@@ -699,7 +699,9 @@ class Turnout:
         """
         ref = plugin if isinstance(plugin, PluginRef) else PluginRef.parse(plugin)
         values = (values,) if isinstance(values, str) else tuple(values)
-        change = _routes_edit(name, lambda now: with_route(now.routes, selector, values, to=ref))
+        change = _routes_edit(
+            name, lambda now: with_route(now.routes, selector, values, to=ref, target=name)
+        )
         return self.edit_target(name, change, **edit)
 
     def split(
@@ -728,7 +730,9 @@ class Turnout:
 
         def split(now: TargetSpec) -> tuple[Route, ...]:
             salt = split_salt(name, now.revision + 1)  # the revision this edit writes
-            return with_route(now.routes, selector, values, weights=parsed, key=key, salt=salt)
+            return with_route(
+                now.routes, selector, values, weights=parsed, key=key, salt=salt, target=name
+            )
 
         return self.edit_target(name, _routes_edit(name, split), **edit)
 
@@ -748,7 +752,7 @@ class Turnout:
 
         def remove(now: TargetSpec) -> tuple[Route, ...]:
             routes = now.routes
-            wanted = route_id if route_id is not None else find_route(routes, selector, value).id
+            wanted = route_id or find_route(routes, selector, value, target=name).id
             return without_route(routes, wanted)
 
         return self.edit_target(name, _routes_edit(name, remove), **edit)
