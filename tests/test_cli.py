@@ -161,6 +161,7 @@ def test_cli_target_set_show_list_remove(run, tmp_path: Path) -> None:
         (["echo"], 2, "missing '@version'"),
         (["echo@>=1"], 2, "ranges"),
         (["echo@9.9.9"], 78, "turnout-echo==9.9.9"),
+        (["echo@1.0"], 78, "a pin names a version as its distribution spells it: write echo@1.0.0"),
         (["nosuch@1.0.0"], 78, "no distribution"),
         (["broken@0.1.0"], 78, "failed to load"),
         (["echo@1.0.0", "--config", "invalid=1"], 78, "rejected the config"),

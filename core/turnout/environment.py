@@ -89,12 +89,17 @@ def find(ref: PluginRef) -> EnvironmentPlugin:
             continue
         if plugin.version == ref.version:
             return plugin
+        fix = (
+            f"a pin names a version as its distribution spells it: write {plugin.ref}"
+            if _same_version(plugin.version, ref.version)  # 1.0 for 1.0.0
+            else f"run: pip install '{plugin.distribution}=={ref.version}', "
+            f"or point the target at {plugin.ref}"
+        )
         raise PluginNotInstalledError(
             str(ref),
             f"{ref} is not installed: the environment has {plugin.ref} "
             f"(distribution {plugin.distribution})",
-            f"run: pip install '{plugin.distribution}=={ref.version}', "
-            f"or point the target at {plugin.ref}",
+            fix,
         )
     raise PluginNotInstalledError(
         str(ref),
@@ -103,6 +108,16 @@ def find(ref: PluginRef) -> EnvironmentPlugin:
         "install it into the store with: turnout plugin install DISTRIBUTION==VERSION "
         "(or beside turnout with pip), then check with: turnout plugin list",
     )
+
+
+def _same_version(a: str, b: str) -> bool:
+    """Whether two spellings name one version under PEP 440 (``1.0`` and ``1.0.0``)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return False
 
 
 def load(ref: PluginRef, distribution: str, entry_point: str) -> PluggyReleaser:
