@@ -130,6 +130,7 @@ def test_plugin_new_name_holding_the_placeholder_is_renamed_once(workdir: Path) 
         ("web.hook", "try: turnout plugin new web-hook"),
         ("turnout-echo", "leave out the 'turnout-' prefix"),
         ("", "e.g. turnout plugin new static-site"),
+        ("a" * 65, "up to 64 lowercase letters"),  # a folder name the file system refuses
     ],
 )
 def test_plugin_new_refuses_a_bad_name(workdir: Path, name: str, hint: str) -> None:
@@ -139,6 +140,15 @@ def test_plugin_new_refuses_a_bad_name(workdir: Path, name: str, hint: str) -> N
     assert hint in result.stderr
     assert "Traceback" not in result.stderr
     assert list(workdir.iterdir()) == []
+
+
+def test_plugin_new_into_a_folder_it_cannot_write_is_a_usage_error(workdir: Path) -> None:
+    result = _new("echo2", "--dir", "/proc/no-such-folder/turnout-echo2")
+    assert result.exit_code == 2
+    assert "nothing was written. Choose a folder you can write to with --dir PATH" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_plugin_new_refuses_a_folder_that_holds_something(workdir: Path) -> None:

@@ -29,7 +29,7 @@ PACKAGED = Path(__file__).parent / "_template"
 CHECKOUT = Path(__file__).parents[2] / "plugins" / "_template"
 """The template in a source checkout (an editable install runs from one)."""
 
-_NAME = re.compile(r"[a-z]([a-z0-9_-]*[a-z0-9])?")
+_NAME = re.compile(r"[a-z]([a-z0-9_-]{0,62}[a-z0-9])?")
 _TOKENS = re.compile(r"turnout_template|turnout-template|template")
 # Left behind by running the template's own tests or builds in place; never rendered.
 _SKIP_DIRS = frozenset(
@@ -82,8 +82,8 @@ def check_name(name: str) -> None:
     why = (
         "leave out the 'turnout-' prefix: the distribution is named turnout-NAME"
         if prefixed
-        else "a plugin id is lowercase letters, digits, '-' and '_', starting with a letter "
-        "and ending with a letter or digit"
+        else "a plugin id is up to 64 lowercase letters, digits, '-' and '_', starting with a "
+        "letter and ending with a letter or digit"
     )
     raise UsageError(f"invalid plugin name {name!r}: {why}; {fix}")
 
@@ -134,8 +134,14 @@ def render(name: str, dest: Path) -> NewPlugin:
     def rename(text: str) -> str:
         return _TOKENS.sub(lambda match: renames[match.group(0)], text)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write into {dest.parent}: {exc.strerror or exc}; nothing was written. "
+            "Choose a folder you can write to with --dir PATH"
+        ) from None
     staging = scratch / "plugin"  # made by mkdir, so it gets the umask's mode, not 0700
     written: list[str] = []
     try:
