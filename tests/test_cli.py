@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from helpers import read_calls
@@ -472,3 +475,45 @@ def test_cli_route_messages_name_the_target_and_plan_usage_names_the_command(run
     assert planned.exit_code == 2
     assert "Usage: turnout route add" in planned.stderr
     assert "turnout turnout" not in planned.stderr
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def _parse(args: list[str]) -> None:
+    """Parse ``turnout ARGS`` down to its command, as the CLI would, without running it."""
+    ctx = cli.make_context("turnout", args)
+    command: click.Command = cli
+    while isinstance(command, click.Group):
+        rest = [*ctx._protected_args, *ctx.args]
+        if not rest:  # a group that runs by itself (turnout releases)
+            return
+        name, sub, rest = command.resolve_command(ctx, rest)
+        assert sub is not None
+        assert name is not None
+        ctx = sub.make_context(name, rest, parent=ctx)
+        command = sub
+
+
+def test_cli_every_help_example_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An example that names an option the command does not have (--to for --to-revision)
+    # teaches a command that fails: each one is parsed as the CLI would parse it.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plugins.lock").touch()  # the files examples name, where they must exist
+    examples = []
+    for path in _commands(cli):
+        shown = CliRunner().invoke(cli, [*path, "--help"]).stdout
+        for line in shown.partition("Examples:")[2].partition("Options:")[0].splitlines():
+            command = re.split(r"\s{2,}|#", line.strip())[0]  # without its explanation
+            if command.startswith("turnout "):
+                examples.append(command)
+    assert len(examples) >= 20, examples
+    for example in examples:
+        args = [a for a in shlex.split(example)[1:] if a != "RELEASE_ID"]
+        if args[:1] == ["reconcile"] and "--as" in args:
+            args.insert(1, "some-release-id")
+        _parse(args)

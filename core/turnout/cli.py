@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 EXIT_CODES_HELP = """\b
 Exit codes:
   0   success
-  1   the release failed permanently (recorded)
+  1   the release failed permanently (recorded); a plugin install, sync or verify
+      failed
   2   usage error: bad option, malformed ref, key or context
   65  the idempotency key was used for a different request; nothing ran
   75  temporary failure: failed transiently after retries, still in progress
@@ -50,7 +51,7 @@ Exit codes:
       turnout reconcile), a stale --expect-revision, or the database is
       unreachable; retry later
   78  configuration error: unknown target, plugin version not installed or not
-      loadable, config rejected, database not migrated
+      loadable, config rejected, no registry at that path, database not migrated
 
 \b
 Environment (defaults in brackets):
@@ -585,7 +586,12 @@ def target_remove(
 @json_option
 @click.pass_context
 def history_command(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Show every revision of a target, oldest first: who, when, why, and what changed."""
+    """Show every revision of a target, oldest first: who, when, why, and what changed.
+
+    \b
+    Examples:
+      turnout history docs --json
+    """
     rows = views.history(_handle(ctx).registry, name)
     if not rows:
         raise UnknownTargetError(name)
@@ -633,6 +639,11 @@ def rollback_command(
     History is never rewritten. Every plugin version the restored routing names must still be
     installed and accept the config; the edit is refused, unchanged, if someone changed the
     target meanwhile.
+
+    \b
+    Examples:
+      turnout rollback docs --to-revision 3 --dry-run   who would move back, nothing written
+      turnout rollback docs --reason "2.0.0 fails for acme"
     """
     change = _handle(ctx).rollback(
         name,
@@ -876,6 +887,10 @@ def resolve_command(
     """Show which plugin version a release to TARGET with this context would get, and why.
 
     The same decision a release makes: the matched rule, the split bucket, the revision.
+
+    \b
+    Examples:
+      turnout resolve docs --context customer=acme --context plan=pro
     """
     decision = _handle(ctx).resolve(target_name, _parse_context(pairs))
     record = decision.record()
@@ -1066,6 +1081,12 @@ def plugin_install(
 
     SPEC is anything pip accepts: NAME==VERSION, a wheel file, a project folder. Versions
     already installed stay untouched; installing the same version again does nothing.
+
+    \b
+    Examples:
+      turnout plugin install 'turnout-webhook==2.0.1' --find-links /opt/wheels --no-index
+      turnout plugin install ./dist/turnout_hello-1.0.0-py3-none-any.whl
+      turnout plugin install -r plugins.lock --require-hashes
     """
     from turnout.store import InstallRequest
 
@@ -1170,6 +1191,11 @@ def plugin_sync(
     Exits 0 when every referenced version is here (or now installed); 1 when an install failed
     or gave other files; 78 when a version is unknown to the registry; with --check, 75 when
     one is missing on this machine (not ready yet: run turnout plugin sync).
+
+    \b
+    Examples:
+      turnout plugin sync --find-links /opt/wheels
+      turnout plugin sync --check                    readiness: 75 while one is missing
     """
 
     handle = _handle(ctx)
@@ -1388,6 +1414,11 @@ def release_command(
     On SIGTERM the release under way may finish for TURNOUT_TERM_GRACE seconds (default 10)
     and exits as it would have; after that it is recorded unknown (it may have deployed) and
     turnout exits 75: the same key again takes it over and asks the plugin's probe.
+
+    \b
+    Examples:
+      turnout release docs dist/site.tar.gz --key build-1842
+      turnout release docs dist/site.tar.gz --key build-1842 --context customer=acme --json
     """
     from turnout.errors import ReleaseFailedError
 
@@ -1679,6 +1710,11 @@ def reconcile_command(
     without a probe an idempotent target is called again with the same key; otherwise it stays
     unknown. With RELEASE_ID --as succeeded|failed: record what a human found. Exits 75 while
     any release stays unknown.
+
+    \b
+    Examples:
+      turnout reconcile                              every expired or unknown release
+      turnout reconcile RELEASE_ID --as succeeded --reason "checked the web host"
     """
     handle = _handle(ctx)
     if release_id is not None:
@@ -1839,6 +1875,11 @@ def replay_command(
     if a replay failed permanently, else 78 if one was refused for its configuration (its
     target removed, its version not installed), else 75 if one failed transiently or is in
     progress elsewhere, else 0.
+
+    \b
+    Examples:
+      turnout replay --since 20m --dry-run          what would run, with which version
+      turnout replay --since 2h --target docs --status failed
     """
     from turnout.releases import Status
 
