@@ -394,7 +394,8 @@ def test_serve_says_what_to_change_when_it_cannot_start(db_path: Path) -> None:
     assert "choose another --port" in busy.output
     blank = CliRunner().invoke(cli, ["--db", str(db_path.parent / "new.db"), "serve"])
     assert blank.exit_code == 78
-    assert "run: turnout db upgrade" in blank.output
+    assert "new.db db upgrade" in blank.output  # "create it with: turnout --db ... db upgrade"
+    assert not (db_path.parent / "new.db").exists()
     short = CliRunner().invoke(
         cli, ["--db", str(db_path), "serve"], env={"TURNOUT_SERVE_TOKEN": "short"}
     )

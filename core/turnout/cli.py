@@ -1949,7 +1949,7 @@ def replay_command(
         ctx.exit(next((c for c in REPLAY_EXIT_ORDER if c in codes), EXIT_TEMPFAIL))
 
 
-REPLAY_EXIT_ORDER = (EXIT_FAILED, EXIT_CONFIG, EXIT_DATAERR)
+REPLAY_EXIT_ORDER = (EXIT_FAILED, EXIT_CONFIG, EXIT_DATAERR, EXIT_USAGE)
 """Which code a replay exits with when its releases ended differently: the first of these
 found, else 75."""
 
