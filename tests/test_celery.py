@@ -510,6 +510,7 @@ def test_celery_fleet_kills_a_worker_midway_and_deploys_nothing_twice(
             if interrupted:
                 break
         assert interrupted, "three kills, and none cut a release short"
+        fleet.start("w3")  # the dead machine is replaced, as a fleet would, for the rest
 
         wait_for(
             lambda: all(result.ready() for result in results),
