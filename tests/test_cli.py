@@ -406,7 +406,7 @@ def test_cli_empty_listings_say_what_to_do(run) -> None:
         (("target", "set", "t", "echo@1.0.0", "--timeout", "nan"), "timeout must be"),
         (("target", "set", "t", "echo@1.0.0", "--timeout", "1e308"), "at most 86400"),
         (("target", "set", "t", "echo@1.0.0", "--max-attempts", "9" * 20), "from 1 to 100"),
-        (("target", "set", "", "echo@1.0.0"), "a non-empty printable name"),
+        (("target", "set", "", "echo@1.0.0"), "a non-empty printable string"),
         (("release", "site", "a.tgz", "--key", "k", "--context", "customer="), "non-empty"),
         (("release", "site", "a.tgz", "--key", "k", "--context", "customer= x"), "surrounding"),
         (("release", "site", "a.tgz", "--key", "k", "--context", "plan=a\x1bb"), "printable"),

@@ -1463,8 +1463,13 @@ def _with_filters(command: Callable[..., Any], default_since: str | None) -> Cal
         customer: str | None,
         **kwargs: Any,
     ) -> Any:
-        given = {"--since": since, "--target": target_name, "--plugin": plugin_ref}
-        for option, value in {**given, "--customer": customer}.items():
+        given = {
+            "--since": since,
+            "--target": target_name,
+            "--plugin": plugin_ref,
+            "--customer": customer,
+        }
+        for option, value in given.items():
             if value is not None and not value.strip():
                 raise UsageError(f"{option} needs a value; leave the option out for no filter")
         filters = views.release_filters(

@@ -44,6 +44,7 @@ from turnout.errors import (
 )
 from turnout.models import Release, Target, utcnow
 from turnout.refs import PluginRef
+from turnout.routing import PLAIN_TEXT, plain_text
 
 TABLE: sa.Table = Release.__table__  # type: ignore[attr-defined]
 _TARGETS: sa.Table = Target.__table__  # type: ignore[attr-defined]
@@ -162,11 +163,10 @@ def validate_context(context: Mapping[str, str] | None) -> dict[str, str]:
             raise UsageError(f"invalid context attribute name {name!r}")
         if not isinstance(value, str):
             raise UsageError(f"context attribute {name!r} must be a string")
-        if not value or len(value) > 200 or not value.isprintable() or value.strip() != value:
+        if not plain_text(value):
             raise UsageError(
-                f"invalid value for context attribute {name!r}: a non-empty printable string "
-                "of at most 200 characters, without surrounding spaces (leave an attribute out "
-                "rather than empty)"
+                f"invalid value for context attribute {name!r}: {PLAIN_TEXT} (leave an "
+                "attribute out rather than empty)"
             )
         checked[name] = value
     return checked
@@ -321,7 +321,7 @@ class ReleaseRecord:
             replay_of=row["replay_of"],
             decision=row["decision"],
             attempt_log=row["attempt_log"],
-            plugin_key=row["plugin_key"] or row["idempotency_key"],
+            plugin_key=called_with(row),
             reused=reused,
         )
 
@@ -379,10 +379,8 @@ class Claim:
 
     @property
     def plugin_key(self) -> str:
-        """The key the plugin is called with (the bare key in rows claimed before it was
-        recorded, which is what they were called with)."""
-        key: str = self.values.get("plugin_key") or self.values["idempotency_key"]
-        return key
+        """The key the plugin is called with."""
+        return called_with(self.values)
 
 
 class Ledger:
@@ -999,6 +997,14 @@ def plugin_key(key: str, context: Mapping[str, str]) -> str:
         return key
     digest = hashlib.blake2b(scope.encode(), digest_size=8, person=b"turnout-key").hexdigest()
     return f"{key}{PLUGIN_KEY_MARK}{digest}"
+
+
+def called_with(row: Mapping[str, Any]) -> str:
+    """The key a release row's plugin is called with: its recorded ``plugin_key``, or the
+    bare key in rows claimed before it was recorded (migration 0010), which is what they
+    were called with."""
+    key: str = row.get("plugin_key") or row["idempotency_key"]
+    return key
 
 
 def _insert_unless_claimed(dialect: str) -> Any:

@@ -274,18 +274,25 @@ def route_dicts(routes: Iterable[Route]) -> list[dict[str, Any]]:
     return [route.to_dict() for route in routes]
 
 
+PLAIN_TEXT = (
+    f"a non-empty printable string of at most {MAX_VALUE_LENGTH} characters, without "
+    "surrounding spaces"
+)
+
+
+def plain_text(value: object) -> bool:
+    """Whether ``value`` is a name people type: a target, a selector or context value."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_VALUE_LENGTH
+        and value.isprintable()
+        and value.strip() == value
+    )
+
+
 def _check_name(value: str, what: str) -> None:
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > MAX_VALUE_LENGTH
-        or not value.isprintable()
-        or value.strip() != value
-    ):
-        raise UsageError(
-            f"invalid {what} {value!r}: a non-empty printable string of at most "
-            f"{MAX_VALUE_LENGTH} characters, without surrounding spaces"
-        )
+    if not plain_text(value):
+        raise UsageError(f"invalid {what} {value!r}: {PLAIN_TEXT}")
 
 
 def _check_weights(

@@ -70,6 +70,7 @@ from turnout.releases import (
 )
 from turnout.routing import (
     DEFAULT_SPLIT_KEY,
+    PLAIN_TEXT,
     Decision,
     Move,
     Route,
@@ -77,6 +78,7 @@ from turnout.routing import (
     all_refs,
     blast_radius,
     find_route,
+    plain_text,
     split_salt,
     with_route,
     without_route,
@@ -235,7 +237,7 @@ class Turnout:
         as_given = artifact
         # A path is recorded absolute: a replay or a reconciliation run from another folder
         # must find the same file, not one of the same name there.
-        artifact = artifact if "://" in artifact else os.path.abspath(artifact)
+        artifact = os.path.abspath(artifact) if _relative(artifact) else artifact
         ctx = validate_context(context)
         record: ReleaseRecord | None = None
         refused: ConfigurationError | None = None
@@ -270,7 +272,7 @@ class Turnout:
         (claimed before paths were recorded absolute): it goes on as recorded, so that an
         upgrade does not turn a release under way, or one left to reconcile, into a mismatch.
         """
-        if mismatch.differs != ["artifact"] or "://" in as_given or os.path.isabs(as_given):
+        if mismatch.differs != ["artifact"] or not _relative(as_given):
             return False
         earlier = self.ledger.get(mismatch.release_id)
         return earlier is not None and earlier.artifact == as_given
@@ -604,7 +606,7 @@ class Turnout:
             self._routing.pop(target, None)  # the mapping in force now, read once per target
         for original in originals:
             try:
-                if "://" not in original.artifact and not os.path.isabs(original.artifact):
+                if _relative(original.artifact):
                     raise RelativeArtifactError(original.id, original.artifact)
                 router = self._router(original.target)
             except (UnknownTargetError, RelativeArtifactError) as exc:
@@ -660,11 +662,8 @@ class Turnout:
             )
         if isolation is not None and isolation not in ISOLATIONS:
             raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}")
-        if not name or len(name) > 200 or not name.isprintable() or name.strip() != name:
-            raise UsageError(
-                f"invalid target name {name!r}: a non-empty printable name of at most 200 "
-                "characters, without surrounding spaces"
-            )
+        if not plain_text(name):
+            raise UsageError(f"invalid target name {name!r}: {PLAIN_TEXT}")
 
         def change(current: TargetSpec | None) -> TargetSpec:
             return TargetSpec(
@@ -1303,8 +1302,7 @@ class _Attempts:
         self.secrets = call.secrets
         # A worker runs in a private folder: a path is the caller's (Turnout.release makes it
         # absolute; a release recorded before may hold a relative one).
-        relative = "://" not in artifact and not os.path.isabs(artifact)
-        self.artifact = os.path.abspath(artifact) if relative else artifact
+        self.artifact = os.path.abspath(artifact) if _relative(artifact) else artifact
         self.config = call.config
         self.context = context
         self.key = key
@@ -1521,6 +1519,11 @@ class _Attempts:
         if not self.outputs:
             return None
         return _secrets.redact("\n".join(self.outputs), self.secrets)[-OUTPUT_LIMIT:]
+
+
+def _relative(artifact: str) -> bool:
+    """Whether an artifact is a relative local path (not a URL, not an absolute path)."""
+    return "://" not in artifact and not os.path.isabs(artifact)
 
 
 def _error_type(exc: BaseException) -> str:

@@ -90,13 +90,12 @@ def stats(by: Sequence[str], groups: Sequence[GroupStats], total: GroupStats) ->
 
 LONGEST_WINDOW_DAYS = 36500
 """The longest duration a window may reach back (a hundred years: all of a registry)."""
-SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(text: str, option: str = "--since") -> timedelta:
     """``90s``, ``20m``, ``1h``, ``2d`` (or a bare number of minutes) as a timedelta."""
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "m")
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in _UNIT_SECONDS else (text, "m")
     try:
         amount = float(value)
     except ValueError:
@@ -105,10 +104,10 @@ def duration(text: str, option: str = "--since") -> timedelta:
         ) from None
     if not amount > 0:  # NaN too
         raise UsageError(f"{option} must be a positive duration such as 20m, 1h or 90s")
-    window = timedelta(days=LONGEST_WINDOW_DAYS)
-    if amount * SECONDS[unit] > window.total_seconds():
+    seconds = amount * _UNIT_SECONDS[unit]
+    if seconds > LONGEST_WINDOW_DAYS * _UNIT_SECONDS["d"]:
         raise UsageError(f"{option} reaches back at most {LONGEST_WINDOW_DAYS}d, got {text!r}")
-    return timedelta(**{units[unit]: amount})
+    return timedelta(seconds=seconds)
 
 
 def release_filters(

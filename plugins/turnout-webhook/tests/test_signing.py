@@ -10,10 +10,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 # The README's worked example, which receivers use to check their own verification.
 BODY = (
-    b'{"artifact":"https://ci.example.com/site.tgz","attempt":1,"context":{"customer":"acme"},'
+    b'{"artifact":"https://ci.example.com/site.tgz","attempt":1,"context":{"plan":"pro"},'
     b'"idempotency_key":"build-42","target":"prod","timestamp":1764115200}'
 )
-RELEASE_SIGNATURE = "fa4ee690d11f232841cdb9880dc50bae2590303cfc15637c58e3b423f84abb3a"
+RELEASE_SIGNATURE = "6213429f74e7c47e593aae2b081ad667c5f42249556ae6d6a664b5cf52d92690"
 PROBE_SIGNATURE = "93078325f9ce916723e6eb783dbb420857a5569d71302d9c6e259632eb9749dc"
 
 
